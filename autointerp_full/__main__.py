@@ -1,0 +1,3 @@
+from autointerp_full.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Command line: flags are generated from RunConfig; heavy imports wait until after parsing."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any, NoReturn, Sequence
+
+from autointerp_full.config import ConfigError, RunConfig, config_fields
+from autointerp_full.errors import UserError
+
+GROUP_TITLES = {
+    "core": "Core model parameters",
+    "explainer": "Explainer parameters",
+    "prompts": "Prompt customisation",
+    "scoring": "Scoring parameters",
+    "dataset": "Dataset and caching parameters",
+    "examples": "Example construction parameters",
+    "technical": "Technical parameters",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Errors are one line naming the flag, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _show_default(f: dataclasses.Field) -> str:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value: Any = f.default_factory()  # type: ignore[misc]
+    else:
+        value = f.default
+    if f.name == "num_gpus":
+        return "all visible GPUs"
+    return "None" if value is None else str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="python -m autointerp_full",
+        description="Explain and score the latents of sparse autoencoders and transcoders.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
+    for f in config_fields():
+        meta = f.metadata
+        help_text = f"{meta['help']} (default: {_show_default(f)})"
+        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
+        if "choices" in meta:
+            kwargs["choices"] = meta["choices"]
+            kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}"
+        if "nargs" in meta:
+            kwargs["nargs"] = meta["nargs"]
+        if "type" in meta:
+            kwargs["type"] = meta["type"]
+        group = groups[meta["group"]]
+        if meta.get("positional"):
+            group.add_argument(f.name, nargs="?", metavar=f.name.upper(), **{
+                k: v for k, v in kwargs.items() if k != "nargs"
+            })
+        elif f.type in ("bool", bool):
+            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            group.add_argument(f"--{f.name}", **kwargs)
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    cfg = RunConfig(**vars(ns))
+    try:
+        cfg.validate()
+    except ConfigError as err:
+        parser.error(str(err))
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    from autointerp_full.logs import setup_logging
+    from autointerp_full.run import run_all
+
+    setup_logging(cfg.verbose)
+    try:
+        return run_all(cfg)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; rerun the same command to resume\n")
+        return 130
+    except UserError as err:
+        sys.stderr.write(f"autointerp_full: error: {err}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
