@@ -48,20 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
     for f in config_fields():
         meta = f.metadata
-        help_text = f"{meta['help']} (default: {_show_default(f)})"
+        help_text = f"{meta['help']} (default: {_show_default(f)})".replace("%", "%%")
         kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
         if "choices" in meta:
             kwargs["choices"] = meta["choices"]
-            kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}"
+            kwargs["metavar"] = f.name.upper()
+            kwargs["help"] = help_text.replace(" (default:", f" Choices: {', '.join(meta['choices'])}. (default:", 1)
         if "nargs" in meta:
             kwargs["nargs"] = meta["nargs"]
         if "type" in meta:
             kwargs["type"] = meta["type"]
         group = groups[meta["group"]]
         if meta.get("positional"):
-            group.add_argument(f.name, nargs="?", metavar=f.name.upper(), **{
-                k: v for k, v in kwargs.items() if k != "nargs"
-            })
+            # The spec shows MODEL and SPARSE_MODEL as positionals and lists --model too.
+            group.add_argument(f.name, nargs="?", metavar=f.name.upper(), **kwargs)
+            group.add_argument(f"--{f.name}", dest=f.name, help=argparse.SUPPRESS,
+                               default=argparse.SUPPRESS)
         elif f.type in ("bool", bool):
             group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kwargs)
         else:
