@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from autointerp_full.config import ConfigError, RunConfig, config_fields
 from autointerp_full.errors import UserError
@@ -53,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         if "choices" in meta:
             kwargs["choices"] = meta["choices"]
             kwargs["metavar"] = f.name.upper()
-            kwargs["help"] = help_text.replace(" (default:", f" Choices: {', '.join(meta['choices'])}. (default:", 1)
+            kwargs["help"] = help_text.replace(
+                " (default:", f" Choices: {', '.join(meta['choices'])}. (default:", 1
+            )
         if "nargs" in meta:
             kwargs["nargs"] = meta["nargs"]
         if "type" in meta:
@@ -62,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         if meta.get("positional"):
             # The spec shows MODEL and SPARSE_MODEL as positionals and lists --model too.
             group.add_argument(f.name, nargs="?", metavar=f.name.upper(), **kwargs)
-            group.add_argument(f"--{f.name}", dest=f.name, help=argparse.SUPPRESS,
-                               default=argparse.SUPPRESS)
+            group.add_argument(
+                f"--{f.name}", dest=f.name, help=argparse.SUPPRESS, default=argparse.SUPPRESS
+            )
         elif f.type in ("bool", bool):
             group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kwargs)
         else:

@@ -163,11 +163,15 @@ class RunConfig:
         True, "Centre each window on its strongest activation.", "examples"
     )
     non_activating_source: str = _opt(
-        "random", "Where non-activating windows come from.", "examples",
+        "random",
+        "Where non-activating windows come from.",
+        "examples",
         choices=NON_ACTIVATING_SOURCES,
     )
     neighbours_type: str = _opt(
-        "co-occurrence", "Similarity used by the neighbours source.", "examples",
+        "co-occurrence",
+        "Similarity used by the neighbours source.",
+        "examples",
         choices=NEIGHBOURS_TYPES,
     )
     faiss_embedding_model: str = _opt(
@@ -187,10 +191,14 @@ class RunConfig:
         type=int,
         min=0,
     )
-    device: str = _opt("auto", "Device for the subject model: auto, cpu, cuda, cuda:N.", "technical")
+    device: str = _opt(
+        "auto", "Device for the subject model: auto, cpu, cuda, cuda:N.", "technical"
+    )
     dtype: str = _opt(
-        "auto", "Subject-model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.",
-        "technical", choices=("auto", "float32", "bfloat16", "float16"),
+        "auto",
+        "Subject-model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.",
+        "technical",
+        choices=("auto", "float32", "bfloat16", "float16"),
     )
     seed: int = _opt(22, "Random seed for every random choice.", "technical", type=int)
     verbose: bool = _opt(True, "Detailed logging.", "technical")

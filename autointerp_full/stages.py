@@ -110,7 +110,10 @@ def examples_stage(
         n_skipped = sum(1 for i in latents if str(i) in done_skips)
         log.info(
             "examples for %s: %d latents built, %d skipped (fewer than --min_examples=%d)",
-            hookpoint, len(latents) - n_skipped, n_skipped, cfg.min_examples,
+            hookpoint,
+            len(latents) - n_skipped,
+            n_skipped,
+            cfg.min_examples,
         )
     return examples_dir
 
@@ -308,8 +311,13 @@ async def llm_stages_async(
         finally:
             work.write_failures()
     elapsed = time.perf_counter() - start
-    log.info("%s: %d latents in %.1fs (%.1f latents/min)", what, len(todo), elapsed,
-             60 * len(todo) / max(elapsed, 1e-9))
+    log.info(
+        "%s: %d latents in %.1fs (%.1f latents/min)",
+        what,
+        len(todo),
+        elapsed,
+        60 * len(todo) / max(elapsed, 1e-9),
+    )
     # The usage lands beside the first output the invocation wrote.
     folder = explanations_dir if explanations_dir is not None else scores_dir
     record_usage(Path(folder), what.replace(" and ", "+"), client, elapsed)
@@ -397,8 +405,11 @@ def dump_config(cfg: RunConfig, run_dir: Path) -> Path:
                 n += 1
             path.rename(Path(run_dir) / f"run_config.{n}.json")
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            log.info("configuration changed (%s); previous kept as run_config.%d.json",
-                     ", ".join(changed), n)
+            log.info(
+                "configuration changed (%s); previous kept as run_config.%d.json",
+                ", ".join(changed),
+                n,
+            )
     atomic_write_json(path, new)
     return path
 
