@@ -1,0 +1,599 @@
+"""Build the activation cache: one truncated model pass serving every hookpoint, streamed to disk.
+
+Layout (docs/ARCHITECTURE.md, "Cache shard format"): `latents/<hookpoint>/` holds
+`tokens.safetensors`, `shard_<i>.safetensors` (latents [start, end), sorted by latent with
+offsets) and, written last, `config.json`. While the model runs, each batch's non-zeros are
+sorted by (latent, location) on the model's device; batches are buffered on the host and, per
+batch group, interleaved into one chunk file per shard inside `.partial/`, next to a manifest
+that records how many rows are done. A rerun with the same key resumes from there. At the end
+the chunks of each shard are merged by streaming latent blocks into a preallocated file whose
+safetensors header is written from the known sizes, so memory stays bounded whatever n_tokens is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import CACHE_KEY_FIELDS, RunConfig
+from ..errors import UserError
+from ..io import atomic_write, atomic_write_json, read_json
+from ..logs import Progress, format_duration, log
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT_VERSION = 1
+PARTIAL = ".partial"
+MANIFEST = "manifest.json"
+TOKENS_FILE = "tokens.safetensors"
+CONFIG_FILE = "config.json"
+
+# Non-zeros buffered on the host (per hookpoint) before a chunk is written: about 14 bytes
+# each, so this bounds the writer's memory at roughly 110 MB + one batch per hookpoint.
+CHUNK_ENTRIES = 8_000_000
+# Sorted batch runs buffered before a chunk is written; with many latents fewer, so that the
+# [runs, latents] count table of a flush stays near 32 MB.
+CHUNK_RUNS = 256
+# Entries merged in memory at once when chunks are combined into a shard.
+MERGE_ENTRIES = 8_000_000
+_FP16_MAX = 65504.0
+
+
+# --------------------------------------------------------------------------- keys and layout
+def cache_key(cfg: RunConfig, hookpoint: str) -> dict[str, Any]:
+    """The fields that decide a hookpoint's cache content."""
+    key = {name: getattr(cfg, name) for name in CACHE_KEY_FIELDS}
+    key["hookpoint"] = hookpoint
+    return key
+
+
+def key_difference(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first key field whose value differs (name, old, new), or None when they match."""
+    for name, value in new.items():
+        if old.get(name, "<missing>") != value:
+            return name, old.get(name, "<missing>"), value
+    return None
+
+
+def shard_bounds(num_latents: int, n_splits: int) -> list[tuple[int, int]]:
+    """[start, end) of each shard: start_i = i * ceil(L / n_splits); empty shards are dropped."""
+    step = math.ceil(num_latents / n_splits)
+    bounds = []
+    for i in range(n_splits):
+        start, end = i * step, min((i + 1) * step, num_latents)
+        if start < end:
+            bounds.append((start, end))
+    return bounds
+
+
+def shard_name(i: int) -> str:
+    return f"shard_{i}.safetensors"
+
+
+# --------------------------------------------------------------------------- sorted runs
+@dataclass
+class Run:
+    """Non-zeros sorted by (latent, location): a batch, a chunk or a shard slice."""
+
+    latents: torch.Tensor  # int32 [n]
+    flat: torch.Tensor  # int64 [n]: row * ctx_len + position
+    values: torch.Tensor  # float16 [n]
+
+
+def sort_batch(
+    rows: torch.Tensor,
+    latents: torch.Tensor,
+    values: torch.Tensor,
+    n_pos: int,
+    row_offset: int,
+    ctx_len: int,
+    keep: torch.Tensor | None = None,
+) -> Run:
+    """Sort one batch's non-zeros by (latent, row) on their device, then move them to the host.
+
+    `rows` index the batch's n_pos = B * T flattened positions; `keep` is a [B * T] bool mask of
+    positions to keep (filter_bos).
+    """
+    import torch
+
+    rows = rows.long()
+    latents = latents.long()
+    if keep is not None:
+        mask = keep[rows]
+        rows, latents, values = rows[mask], latents[mask], values[mask]
+    order = torch.argsort(latents * n_pos + rows)
+    values = values[order].float().clamp_(-_FP16_MAX, _FP16_MAX).half()
+    return Run(
+        latents=latents[order].int().cpu(),
+        flat=(rows[order] + row_offset * ctx_len).cpu(),
+        values=values.cpu(),
+    )
+
+
+def interleave(runs: Sequence[Run], start: int, end: int) -> tuple[Run, torch.Tensor]:
+    """Merge runs holding latents in [start, end) into one run sorted by (latent, location).
+
+    The runs must each be sorted and come in location order (earlier rows first), so within a
+    latent the entries of run r precede those of run r+1. Each entry's destination is computed
+    directly from per-run latent counts: O(n), no sort. Returns the merged run and its offsets
+    (int64 [end - start + 1]).
+    """
+    import torch
+
+    width = end - start
+    counts = torch.stack(
+        [torch.bincount(r.latents.long() - start, minlength=width) for r in runs]
+    ) if runs else torch.zeros(0, width, dtype=torch.long)
+    total = counts.sum(0)
+    offsets = torch.zeros(width + 1, dtype=torch.long)
+    torch.cumsum(total, 0, out=offsets[1:])
+    before = torch.cumsum(counts, 0) - counts  # entries of earlier runs, per latent
+    n = int(offsets[-1])
+    out = Run(
+        latents=torch.empty(n, dtype=torch.int32),
+        flat=torch.empty(n, dtype=torch.long),
+        values=torch.empty(n, dtype=torch.float16),
+    )
+    for r, run in enumerate(runs):
+        if len(run.latents) == 0:
+            continue
+        run_start = torch.cumsum(counts[r], 0) - counts[r]
+        base = offsets[:-1] + before[r] - run_start
+        local = run.latents.long() - start
+        dest = base[local] + torch.arange(len(local))
+        out.latents[dest] = run.latents
+        out.flat[dest] = run.flat
+        out.values[dest] = run.values
+    return out, offsets
+
+
+# --------------------------------------------------------------------------- safetensors io
+_DTYPE_CODES = {"int32": "I32", "int64": "I64", "float16": "F16"}
+
+
+def _save_run(path: Path, run: Run, offsets: torch.Tensor, ctx_len: int, start: int, end: int,
+              ) -> None:
+    """Write a run in the shard format (used for chunks, which are small enough for save_file)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {
+        "latents": run.latents.contiguous(),
+        "locations": torch.stack([run.flat // ctx_len, run.flat % ctx_len], 1).int(),
+        "activations": run.values.contiguous(),
+        "offsets": offsets.contiguous(),
+    }
+    meta = {"start": str(start), "end": str(end)}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def _load_slice(handle: Any, lo: int, hi: int, ctx_len: int) -> Run:
+    locations = handle.get_slice("locations")[lo:hi].long()
+    return Run(
+        latents=handle.get_slice("latents")[lo:hi],
+        flat=locations[:, 0] * ctx_len + locations[:, 1],
+        values=handle.get_slice("activations")[lo:hi],
+    )
+
+
+def _header(entries: list[tuple[str, str, list[int], int]], metadata: dict[str, str]) -> bytes:
+    """A safetensors header for tensors laid out back to back in the given order."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    pos = 0
+    for name, code, shape, nbytes in entries:
+        header[name] = {"dtype": code, "shape": shape, "data_offsets": [pos, pos + nbytes]}
+        pos += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(len(raw) + 8) % 8)  # keep the data 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def merge_chunks(chunk_files: Sequence[Path], out: Path, start: int, end: int, ctx_len: int,
+                 ) -> int:
+    """Stream chunk files of one shard into `out`; returns the number of entries.
+
+    The header comes first from the summed per-latent counts; the data follows in blocks of
+    latents, each holding at most about MERGE_ENTRIES entries in memory.
+    """
+    import torch
+    from safetensors import safe_open
+
+    handles = [safe_open(str(f), framework="pt") for f in chunk_files]
+    chunk_offsets = [h.get_tensor("offsets") for h in handles]
+    counts = sum((o[1:] - o[:-1] for o in chunk_offsets), torch.zeros(end - start, dtype=torch.long))
+    offsets = torch.zeros(end - start + 1, dtype=torch.long)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    n = int(offsets[-1])
+    layout = [
+        ("offsets", "I64", [end - start + 1], (end - start + 1) * 8),
+        ("locations", "I32", [n, 2], n * 8),
+        ("latents", "I32", [n], n * 4),
+        ("activations", "F16", [n], n * 2),
+    ]
+    head = _header(layout, {"start": str(start), "end": str(end)})
+    base = {}
+    pos = len(head)
+    for name, _code, _shape, nbytes in layout:
+        base[name] = pos
+        pos += nbytes
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as fh:
+            fh.write(head)
+            fh.write(offsets.numpy().tobytes())
+            fh.truncate(pos)
+            a = 0
+            while a < end - start:
+                # Grow the block while it stays under the memory budget (at least one latent).
+                b = int(torch.searchsorted(offsets, offsets[a] + MERGE_ENTRIES, right=True)) - 1
+                b = min(max(b, a + 1), end - start)
+                runs = [
+                    _load_slice(h, int(o[a]), int(o[b]), ctx_len)
+                    for h, o in zip(handles, chunk_offsets)
+                ]
+                merged, _ = interleave(runs, start + a, start + b)
+                first = int(offsets[a])
+                loc = torch.stack([merged.flat // ctx_len, merged.flat % ctx_len], 1).int()
+                for name, tensor, width in (
+                    ("locations", loc, 8),
+                    ("latents", merged.latents, 4),
+                    ("activations", merged.values, 2),
+                ):
+                    fh.seek(base[name] + first * width)
+                    fh.write(tensor.contiguous().numpy().data)
+                a = b
+
+    atomic_write(out, write)
+    return n
+
+
+# --------------------------------------------------------------------------- one hookpoint
+@dataclass
+class HookpointCache:
+    """The build state of one hookpoint's cache folder."""
+
+    hookpoint: str
+    folder: Path
+    key: dict[str, Any]
+    coder: Any
+    num_latents: int
+    n_splits: int
+    rows_done: int = 0
+    chunks: int = 0
+    merged: list[int] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    buffered: int = 0
+
+    @property
+    def partial(self) -> Path:
+        return self.folder / PARTIAL
+
+    @property
+    def bounds(self) -> list[tuple[int, int]]:
+        return shard_bounds(self.num_latents, self.n_splits)
+
+    def manifest(self, n_seqs: int, ctx_len: int) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "num_latents": self.num_latents,
+            "n_splits": self.n_splits,
+            "n_seqs": n_seqs,
+            "ctx_len": ctx_len,
+            "rows_done": self.rows_done,
+            "chunks": self.chunks,
+            "merged": self.merged,
+        }
+
+    def chunk_file(self, chunk: int, shard: int) -> Path:
+        return self.partial / f"chunk_{chunk:06d}_shard_{shard}.safetensors"
+
+    def add(self, run: Run) -> None:
+        self.runs.append(run)
+        self.buffered += len(run.latents)
+
+    def flush(self, rows_done: int, n_seqs: int, ctx_len: int) -> None:
+        """Write the buffered runs as one chunk per shard, then record progress atomically."""
+        import torch
+
+        if rows_done <= self.rows_done:
+            return
+        for i, (start, end) in enumerate(self.bounds):
+            parts = []
+            for run in self.runs:
+                lo, hi = torch.searchsorted(
+                    run.latents, torch.tensor([start, end], dtype=torch.int32)
+                ).tolist()
+                parts.append(Run(run.latents[lo:hi], run.flat[lo:hi], run.values[lo:hi]))
+            merged, offsets = interleave(parts, start, end)
+            _save_run(self.chunk_file(self.chunks, i), merged, offsets, ctx_len, start, end)
+        self.chunks += 1
+        self.rows_done = rows_done
+        self.runs, self.buffered = [], 0
+        atomic_write_json(self.partial / MANIFEST, self.manifest(n_seqs, ctx_len))
+
+
+# --------------------------------------------------------------------------- reuse decisions
+def _reusable(folder: Path, key: dict[str, Any], overwrite: bool) -> bool:
+    config_path = folder / CONFIG_FILE
+    if not config_path.exists():
+        return False
+    if overwrite:
+        log.info("recomputing cache %s (--overwrite cache)", folder)
+        return False
+    try:
+        old = read_json(config_path)
+    except (OSError, ValueError):
+        log.warning("recomputing cache %s: unreadable %s", folder, CONFIG_FILE)
+        return False
+    diff = key_difference(old, key)
+    if diff is not None:
+        name, was, now = diff
+        log.info("recomputing cache %s: %s changed from %r to %r", folder, name, was, now)
+        return False
+    missing = [s["file"] for s in old.get("shards", []) if not (folder / s["file"]).exists()]
+    if missing or not (folder / TOKENS_FILE).exists():
+        log.warning("recomputing cache %s: missing %s", folder, ", ".join(missing or [TOKENS_FILE]))
+        return False
+    log.info("reusing cache %s", folder)
+    return True
+
+
+def _clear_complete(folder: Path) -> None:
+    """Remove a finished cache's files, config.json first so that it reads as incomplete."""
+    (folder / CONFIG_FILE).unlink(missing_ok=True)
+    for path in folder.glob("shard_*.safetensors"):
+        path.unlink()
+    (folder / TOKENS_FILE).unlink(missing_ok=True)
+
+
+def _resume_state(state: HookpointCache, n_seqs: int | None) -> bool:
+    """Load `.partial/` progress when its key and layout match; otherwise discard it."""
+    manifest_path = state.partial / MANIFEST
+    if not manifest_path.exists():
+        if state.partial.exists():
+            shutil.rmtree(state.partial)
+        return False
+    try:
+        manifest = read_json(manifest_path)
+    except (OSError, ValueError):
+        manifest = {}
+    diff = key_difference(manifest.get("key", {}), state.key)
+    layout_ok = (
+        manifest.get("num_latents") == state.num_latents
+        and manifest.get("n_splits") == state.n_splits
+        and (state.partial / TOKENS_FILE).exists()
+        and (n_seqs is None or manifest.get("n_seqs") == n_seqs)
+    )
+    if diff is not None or not layout_ok:
+        why = f"{diff[0]} changed from {diff[1]!r} to {diff[2]!r}" if diff else "layout changed"
+        log.info("discarding partial cache in %s: %s", state.folder, why)
+        shutil.rmtree(state.partial)
+        return False
+    state.rows_done = int(manifest["rows_done"])
+    state.chunks = int(manifest["chunks"])
+    state.merged = list(manifest.get("merged", []))
+    # Chunk files written after the last manifest update belong to no recorded chunk.
+    for path in state.partial.glob("chunk_*.safetensors"):
+        if int(path.name.split("_")[1]) >= state.chunks:
+            path.unlink()
+    log.info("resuming cache %s from row %d of %s", state.folder, state.rows_done,
+             manifest.get("n_seqs"))
+    return True
+
+
+# --------------------------------------------------------------------------- the model pass
+def _encode_into(
+    states: list[HookpointCache],
+    hidden: dict[str, torch.Tensor],
+    row_offset: int,
+    keep: torch.Tensor | None,
+) -> None:
+    for state in states:
+        if row_offset < state.rows_done:
+            continue
+        x = hidden[state.hookpoint]
+        b, t, d = x.shape
+        rows, latents, values = state.coder.encode_sparse(x.reshape(b * t, d))
+        state.add(sort_batch(rows, latents, values, b * t, row_offset, t, keep))
+
+
+def run_model(
+    model: Any,
+    states: list[HookpointCache],
+    tokens: torch.Tensor,
+    batch_size: int,
+    bos_id: int | None,
+    forward: Any,
+) -> float:
+    """Feed `tokens` through the model in batches, streaming every hookpoint's non-zeros.
+
+    `forward(model, hookpoints, input_ids, inputs=...)` returns hidden states per hookpoint.
+    Returns the seconds spent.
+    """
+    import torch
+
+    n_seqs, ctx_len = tokens.shape
+    device = next(model.parameters()).device
+    start = min(s.rows_done for s in states)
+    pending = [s for s in states if s.rows_done < n_seqs]
+    if not pending:
+        return 0.0
+    hookpoints = [s.hookpoint for s in pending]
+    inputs = frozenset(s.hookpoint for s in pending if getattr(s.coder, "transcoder", False))
+    began = time.perf_counter()
+    with Progress((n_seqs - start) * ctx_len, "caching activations", unit="tok") as progress:
+        for row in range(start, n_seqs, batch_size):
+            batch = tokens[row : row + batch_size].to(device=device, dtype=torch.long)
+            with torch.inference_mode():
+                hidden = forward(model, hookpoints, batch, inputs=inputs)
+                keep = (batch != bos_id).reshape(-1) if bos_id is not None else None
+                _encode_into(pending, hidden, row, keep)
+            del hidden
+            done = min(row + batch_size, n_seqs)
+            progress.update((done - row) * ctx_len)
+            if done == n_seqs or any(
+                s.buffered >= CHUNK_ENTRIES or len(s.runs) >= CHUNK_RUNS for s in pending
+            ):
+                for s in pending:
+                    s.flush(done, n_seqs, ctx_len)
+    return time.perf_counter() - began
+
+
+def finish(state: HookpointCache, tokens_file: Path, config: dict[str, Any], n_seqs: int,
+           ctx_len: int) -> None:
+    """Merge every shard's chunks, move the tokens in, write config.json, drop .partial/."""
+    shards = []
+    for i, (start, end) in enumerate(state.bounds):
+        out = state.folder / shard_name(i)
+        if i not in state.merged or not out.exists():
+            files = [state.chunk_file(c, i) for c in range(state.chunks)]
+            merge_chunks(files, out, start, end, ctx_len)
+            for f in files:
+                f.unlink()
+            state.merged.append(i)
+            atomic_write_json(state.partial / MANIFEST, state.manifest(n_seqs, ctx_len))
+        shards.append({"file": shard_name(i), "start": start, "end": end,
+                       "n": _entries(state.folder / shard_name(i))})
+    target = state.folder / TOKENS_FILE
+    if tokens_file != target:
+        shutil.copyfile(tokens_file, target)
+    atomic_write_json(state.folder / CONFIG_FILE, {**config, "shards": shards})
+    shutil.rmtree(state.partial, ignore_errors=True)
+
+
+def _entries(path: Path) -> int:
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+    return int(header["latents"]["shape"][0])
+
+
+def _save_tokens(path: Path, tokens: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda p: save_file({"tokens": tokens.contiguous()}, str(p)))
+
+
+def _load_tokens(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["tokens"]
+
+
+def _dir_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+# --------------------------------------------------------------------------- entry point
+def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
+    """Make sure `latents_dir/<hookpoint>/` holds a complete cache for every hookpoint.
+
+    Caches whose key matches the current configuration are reused; the others are built in one
+    model pass (resuming any interrupted build with the same key). Returns hookpoint -> folder.
+    """
+    latents_dir = Path(latents_dir)
+    hookpoints = list(dict.fromkeys(cfg.hookpoints))
+    if not hookpoints:
+        raise UserError("--hookpoints: give at least one module path, e.g. layers.16")
+    folders = {hp: latents_dir / hp for hp in hookpoints}
+    overwrite = "cache" in cfg.overwrite
+    todo = [hp for hp in hookpoints if not _reusable(folders[hp], cache_key(cfg, hp), overwrite)]
+    if not todo:
+        return folders
+
+    from .. import models, sparse
+
+    began = time.perf_counter()
+    model, tokenizer = models.load_subject_model(
+        cfg.model, device=cfg.device, dtype=cfg.dtype, load_in_8bit=cfg.load_in_8bit,
+        token=cfg.token,
+    )
+    param = next(model.parameters())
+    coders = sparse.load_sparse_models(
+        cfg.sparse_model, todo, device=param.device, dtype=param.dtype, token=cfg.token
+    )
+    width = models.hidden_size(model)
+    for hp in todo:
+        sparse.check_dimensions(coders[hp], width, hp)
+
+    states = []
+    for hp in todo:
+        folder = folders[hp]
+        folder.mkdir(parents=True, exist_ok=True)
+        _clear_complete(folder)
+        state = HookpointCache(hp, folder, cache_key(cfg, hp), coders[hp],
+                               int(coders[hp].num_latents), cfg.n_splits)
+        _resume_state(state, None)
+        states.append(state)
+
+    tokens = _tokens_for(cfg, tokenizer, states)
+    n_seqs, ctx_len = tokens.shape
+    for state in states:
+        if (state.partial / MANIFEST).exists() and read_json(state.partial / MANIFEST).get(
+            "n_seqs"
+        ) != n_seqs:
+            _resume_state(state, n_seqs)  # tokens changed under it: start again
+        state.partial.mkdir(parents=True, exist_ok=True)
+        if not (state.partial / TOKENS_FILE).exists():
+            _save_tokens(state.partial / TOKENS_FILE, tokens)
+        atomic_write_json(state.partial / MANIFEST, state.manifest(n_seqs, ctx_len))
+
+    bos_id = tokenizer.bos_token_id if cfg.filter_bos else None
+    if cfg.filter_bos and bos_id is None:
+        log.warning("--filter_bos: the tokenizer has no BOS token; nothing is filtered")
+    model_s = run_model(model, states, tokens, cfg.batch_size, bos_id, models.forward_to_hooks)
+
+    for state in states:
+        config = {
+            **state.key,
+            "tokenizer": getattr(tokenizer, "name_or_path", "") or cfg.model,
+            "num_latents": state.num_latents,
+            "n_seqs": n_seqs,
+            "ctx_len": ctx_len,
+            "n_splits": cfg.n_splits,
+            "d_in": int(getattr(state.coder, "d_in", width)),
+            "transcoder": bool(getattr(state.coder, "transcoder", False)),
+            "bos_token_id": tokenizer.bos_token_id,
+            "format": FORMAT_VERSION,
+        }
+        finish(state, state.partial / TOKENS_FILE, config, n_seqs, ctx_len)
+
+    total = time.perf_counter() - began
+    n_tok = n_seqs * ctx_len
+    size = sum(_dir_size(folders[hp]) for hp in todo)
+    log.info(
+        "cached %d tokens for %s in %s (model pass %.0f tok/s); %s on disk in %s",
+        n_tok, ", ".join(todo), format_duration(total), n_tok / model_s if model_s else 0.0,
+        _human_bytes(size), latents_dir,
+    )
+    return folders
+
+
+def _tokens_for(cfg: RunConfig, tokenizer: Any, states: list[HookpointCache]) -> torch.Tensor:
+    """The token rows: from an interrupted build's `.partial/` when there is one, else fresh."""
+    from ..data import load_texts, tokenize_rows
+
+    for state in states:
+        path = state.partial / TOKENS_FILE
+        if state.chunks or state.rows_done:
+            if path.exists():
+                return _load_tokens(path)
+    texts = load_texts(cfg.dataset_repo, cfg.dataset_split, cfg.dataset_column, token=cfg.token,
+                       num_proc=cfg.pipeline_num_proc)
+    return tokenize_rows(texts, tokenizer, cfg.cache_ctx_len, cfg.n_tokens)

@@ -1,0 +1,80 @@
+"""Choosing train and test windows evenly across a latent's activation quantiles."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+N_QUANTILES = 10
+
+
+def latent_rng(seed: int, hookpoint: str, latent: int, purpose: str = "") -> np.random.Generator:
+    """A generator that depends only on (seed, hookpoint, latent), never on processing order.
+
+    crc32 rather than hash(): Python salts str hashes per process.
+    """
+    parts = [seed & 0xFFFFFFFF, zlib.crc32(hookpoint.encode()), latent & 0xFFFFFFFF]
+    if purpose:
+        parts.append(zlib.crc32(purpose.encode()))
+    return np.random.default_rng(parts)
+
+
+def quantile_bins(scores: np.ndarray, n_bins: int = N_QUANTILES) -> list[np.ndarray]:
+    """Window indices split into equal-count bins by score, weakest bin first."""
+    if len(scores) == 0:
+        return []
+    order = np.argsort(scores, kind="stable")
+    return [b for b in np.array_split(order, min(n_bins, len(scores)))]
+
+
+def equal_shares(capacities: list[int], n: int) -> list[int]:
+    """Spread n draws over bins as evenly as their capacities allow; leftovers go to strong bins."""
+    quotas = [0] * len(capacities)
+    n = min(n, sum(capacities))
+    while n > 0:
+        open_bins = [i for i, c in enumerate(capacities) if quotas[i] < c]
+        share = n // len(open_bins)
+        if share == 0:
+            for i in reversed(open_bins[-n:]):
+                quotas[i] += 1
+            break
+        for i in open_bins:
+            add = min(share, capacities[i] - quotas[i])
+            quotas[i] += add
+            n -= add
+    return quotas
+
+
+def split_counts(total: int, n_train: int, n_test: int) -> tuple[int, int]:
+    """How many train and test windows to draw when there may be fewer than asked for."""
+    if total >= n_train + n_test:
+        return n_train, n_test
+    train = min(n_train, max(1, round(total * n_train / (n_train + n_test))))
+    return train, min(n_test, total - train)
+
+
+def sample_train_test(
+    scores: np.ndarray,
+    n_train: int,
+    n_test: int,
+    rng: np.random.Generator,
+    n_bins: int = N_QUANTILES,
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Disjoint train and test draws of (window index, quantile), each spread evenly over bins.
+
+    Both lists come back strongest window first.
+    """
+    bins = quantile_bins(np.asarray(scores), n_bins)
+    n_train, n_test = split_counts(len(scores), n_train, n_test)
+    remaining = [rng.permutation(b) for b in bins]
+    picks: list[list[tuple[int, int]]] = []
+    for n in (n_train, n_test):
+        quotas = equal_shares([len(b) for b in remaining], n)
+        chosen = []
+        for q, (pool, k) in enumerate(zip(remaining, quotas, strict=True)):
+            chosen += [(int(i), q) for i in pool[:k]]
+            remaining[q] = pool[k:]
+        chosen.sort(key=lambda iq: (-float(scores[iq[0]]), iq[0]))
+        picks.append(chosen)
+    return picks[0], picks[1]

@@ -1,0 +1,209 @@
+"""Explainers: ask an LLM what a latent responds to, from its train examples.
+
+`explain` never raises for a bad answer or a failed request: it returns an ExplainResult with
+`explanation=None` and the reason in `error`, so one latent cannot stop a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from autointerp_full.examples.types import Example, LatentRecord
+from autointerp_full.explainers.formatting import (
+    estimate_tokens,
+    mark,
+    marked_positions,
+    ranked,
+    strength,
+    token_strengths,
+    top_tokens,
+)
+
+if TYPE_CHECKING:
+    from autointerp_full.config import RunConfig
+    from autointerp_full.prompts import Prompts
+
+log = logging.getLogger(__name__)
+
+MAX_TOKENS = 256  # an explanation is one sentence; leave room for a short preamble
+COT_MAX_TOKENS = 1024
+NP_MAX_ACT_EXAMPLES = 10
+
+
+@dataclass
+class ExplainResult:
+    explanation: str | None
+    raw: str = ""
+    error: str | None = None
+
+
+# ----------------------------------------------------------------- prompt bodies
+
+
+def _default_body(train: list[Example], record: LatentRecord, _neg: list[Example]) -> str:
+    lines = []
+    for i, example in enumerate(train, 1):
+        lines.append(f"Excerpt {i}: {mark(example)}")
+        lines.append(f"Activations: {token_strengths(example, record.max_activation)}")
+        lines.append("")
+    lines.append(f"Most strongly activating tokens: {top_tokens(train, record.max_activation)}")
+    return "\n".join(lines)
+
+
+def _single_token_body(train: list[Example], record: LatentRecord, _neg: list[Example]) -> str:
+    lines = []
+    for i, example in enumerate(train, 1):
+        peak = marked_positions(example, only_peak=True)
+        if not peak:
+            continue
+        (pos,) = peak
+        token = example.str_tokens[pos].strip()
+        level = strength(example.activations[pos], record.max_activation)
+        lines.append(f'{i}. "{token}" ({level}) in: {mark(example, peak)}')
+    return "\n".join(lines)
+
+
+def _contrastive_body(train: list[Example], _record: LatentRecord, neg: list[Example]) -> str:
+    lines = ["ACTIVATING excerpts:"]
+    lines += [f"{i}. {mark(e)}" for i, e in enumerate(train, 1)]
+    lines += ["", "NON-ACTIVATING excerpts:"]
+    lines += [f"{i}. {' '.join(e.text.split())}" for i, e in enumerate(neg, 1)]
+    return "\n".join(lines)
+
+
+def _np_max_act_body(train: list[Example], _record: LatentRecord, _neg: list[Example]) -> str:
+    return "\n".join(f"{i}. {mark(e)}" for i, e in enumerate(train, 1))
+
+
+Body = Callable[[list[Example], LatentRecord, list[Example]], str]
+
+# explainer -> (prompt key, body builder, answer budget)
+STRATEGIES: dict[str, tuple[str, Body, int]] = {
+    "default": ("explainers.default.system", _default_body, MAX_TOKENS),
+    "single_token": ("explainers.default.system_single_token", _single_token_body, MAX_TOKENS),
+    "contrastive": ("explainers.default.system_contrastive", _contrastive_body, MAX_TOKENS),
+    "np_max_act": ("explainers.np_max_act.system_concise", _np_max_act_body, MAX_TOKENS),
+    "cot": ("explainers.default.cot", _default_body, COT_MAX_TOKENS),
+}
+
+
+def _fits(messages: list[dict[str, str]], budget: int) -> bool:
+    return sum(estimate_tokens(m["content"]) + 4 for m in messages) <= budget
+
+
+def build_messages(
+    record: LatentRecord, prompts: Prompts, cfg: RunConfig, explainer: str | None = None
+) -> tuple[list[dict[str, str]], int]:
+    """(chat messages, max answer tokens) for the explainer, trimmed to the model's context.
+
+    Trimming drops the weakest activating examples first (and, for contrastive prompts, the
+    last non-activating ones in turn), keeping at least one of each.
+    """
+    explainer = explainer or cfg.effective_explainer
+    key, body, max_tokens = STRATEGIES[explainer]
+    train = ranked(record.train)
+    if explainer == "np_max_act":
+        train = train[:NP_MAX_ACT_EXAMPLES]
+    negatives = list(record.non_activating[: len(train)]) if explainer == "contrastive" else []
+    budget = max(1, cfg.explainer_model_max_len - max_tokens)
+    while True:
+        messages = prompts.messages(key, body(train, record, negatives))
+        if _fits(messages, budget) or (len(train) <= 1 and len(negatives) <= 1):
+            return messages, max_tokens
+        if len(negatives) > 1 and len(negatives) >= len(train):
+            negatives = negatives[:-1]
+        elif len(train) > 1:
+            train = train[:-1]
+        else:
+            negatives = negatives[:-1]
+
+
+# ----------------------------------------------------------------------- parsing
+
+_MARKER = re.compile(r"\[?\s*explanation\s*\]?\s*[:：]\s*", re.IGNORECASE)
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.IGNORECASE | re.DOTALL)
+_QUOTED = re.compile(r'^\s*["“\'](.+)["”\']\s*[.]?\s*$')
+_TEMPLATE = re.compile(r"^<[^<>]*>$")  # the model echoed "<your explanation>"
+
+
+def _clean(text: str) -> str:
+    text = text.strip()
+    text = re.sub(r"^(?:[#>*\-+]+\s*|\d+[.)]\s+)+", "", text)  # headings, quotes, bullets
+    text = re.sub(r"(\*\*|__|`)", "", text).strip()
+    pairs = {'"': '"', "“": "”", "'": "'"}
+    if len(text) >= 2 and pairs.get(text[0]) == text[-1]:
+        text = text[1:-1]  # only a matching pair: "the noun 'cat'" keeps its quote
+    return " ".join(text.split())
+
+
+def _usable(text: str) -> bool:
+    return bool(re.search(r"[A-Za-z0-9]", text)) and not _TEMPLATE.match(text)
+
+
+def parse_explanation(answer: str) -> str | None:
+    """The explanation in an LLM answer, or None when there is none.
+
+    Accepted, in order: the last "[EXPLANATION]: ..." (or "Explanation: ...") line, a line in
+    quotes, else the last non-empty line. Markdown is stripped.
+    """
+    text = _THINK.sub("", answer or "")
+    lines = [line for line in text.splitlines() if line.strip()]
+    for index in range(len(lines) - 1, -1, -1):
+        plain = re.sub(r"(\*\*|__|`)", "", lines[index])
+        found = _MARKER.search(plain)
+        if found is None:
+            continue
+        rest = _clean(plain[found.end() :])
+        if not rest and index + 1 < len(lines):
+            rest = _clean(lines[index + 1])  # marker on its own line, answer below
+        return rest if _usable(rest) else None
+    for line in reversed(lines):
+        quoted = _QUOTED.match(line)
+        if quoted and _usable(_clean(quoted.group(1))):
+            return _clean(quoted.group(1))
+    if lines:
+        last = _clean(lines[-1])
+        if _usable(last):
+            return last
+    return None
+
+
+# ------------------------------------------------------------------------ explain
+
+
+async def explain(
+    record: LatentRecord,
+    client: Any,
+    prompts: Prompts,
+    cfg: RunConfig,
+    existing: str | None = None,
+) -> ExplainResult:
+    """Explain one latent with the strategy cfg.effective_explainer.
+
+    With the "none" explainer nothing is asked: `existing` (the explanation already on disk) is
+    returned, and its absence is an error.
+    """
+    explainer = cfg.effective_explainer
+    if explainer == "none":
+        if existing is None or not existing.strip():
+            return ExplainResult(None, "", "--explainer none: no explanation on disk")
+        return ExplainResult(existing.strip(), existing, None)
+    if explainer not in STRATEGIES:
+        return ExplainResult(None, "", f"--explainer: unknown explainer {explainer!r}")
+    if not record.train:
+        return ExplainResult(None, "", "no train examples to explain from")
+    messages, max_tokens = build_messages(record, prompts, cfg, explainer)
+    try:
+        completion = await client.generate(messages, max_tokens=max_tokens, temperature=0.0)
+    except Exception as exc:  # LLMError and provider errors: this latent fails, the run goes on
+        return ExplainResult(None, "", f"LLM request failed: {type(exc).__name__}: {exc}")
+    raw = completion.text or ""
+    explanation = parse_explanation(raw)
+    if explanation is None:
+        snippet = " ".join(raw.split())[:120]
+        return ExplainResult(None, raw, f"no explanation in the answer: {snippet!r}")
+    return ExplainResult(explanation, raw, None)

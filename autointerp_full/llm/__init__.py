@@ -1,0 +1,47 @@
+"""LLM clients. `make_client(cfg, stage)` picks the provider named by --explainer_provider.
+
+Design: one client per stage ("explain", "detection", ...), each with its own Usage keyed by that
+stage; `client.with_stage(name)` shares one client's pool and concurrency limit between stages, and
+`Usage.merge` totals several clients for summary.json.
+"""
+
+from __future__ import annotations
+
+from autointerp_full.config import RunConfig
+from autointerp_full.errors import UserError
+from autointerp_full.llm.base import (
+    Completion,
+    LLMClient,
+    LLMError,
+    StageUsage,
+    TokenLogprob,
+    Usage,
+)
+
+__all__ = [
+    "Completion",
+    "LLMClient",
+    "LLMError",
+    "StageUsage",
+    "TokenLogprob",
+    "Usage",
+    "make_client",
+]
+
+
+def make_client(cfg: RunConfig, stage: str, *, check: bool = True) -> LLMClient:
+    """Build the client for `stage`. API providers check /v1/models first (fail fast on a dead
+    server or a model it does not serve) unless `check` is False."""
+    provider = cfg.explainer_provider
+    if provider in ("vllm", "openrouter"):
+        from autointerp_full.llm.openai_compat import OpenAICompatClient
+
+        client = OpenAICompatClient.from_config(cfg, stage)
+        if check:
+            client.check_models()
+        return client
+    if provider == "offline":
+        from autointerp_full.llm.offline import OfflineClient
+
+        return OfflineClient(cfg, stage)
+    raise UserError(f"--explainer_provider: unknown provider {provider!r}")

@@ -1,0 +1,403 @@
+"""The "offline" provider: the explainer model runs inside this process.
+
+With CUDA and vllm installed it uses vLLM's in-process engine; otherwise batched transformers
+generation (CPU or GPU). Concurrent `generate` calls land in a queue; one background task takes what
+has queued up (same sampling settings, up to --offline_batch_size prompts, sorted by length to limit
+padding) and runs it as one batch in a worker thread, so the event loop stays free and the model
+sees full batches. Loaded engines are kept per process, so the explain and score stages of one CLI
+run share one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from autointerp_full.config import RunConfig
+from autointerp_full.errors import MissingExtraError
+from autointerp_full.llm.base import Completion, LLMError, TokenLogprob, Usage, check_messages
+
+log = logging.getLogger("autointerp_full.llm")
+
+
+@dataclass(frozen=True)
+class SamplingKey:
+    """Requests are only batched with others that sample the same way."""
+
+    max_tokens: int
+    temperature: float
+    logprobs: bool
+    top_logprobs: int
+
+
+@dataclass
+class _Pending:
+    messages: list[dict[str, str]]
+    key: SamplingKey
+    future: asyncio.Future = field(repr=False)
+
+
+def plain_prompt(messages: list[dict[str, str]]) -> str:
+    """The prompt for a tokenizer without a chat template: 'role: content' lines."""
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nassistant:"
+
+
+class TransformersEngine:
+    """Left-padded batched `model.generate`, greedy at temperature 0."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        try:
+            from autointerp_full.models import load_subject_model
+        except ImportError as exc:  # pragma: no cover - models.py ships with the package
+            raise LLMError(f"cannot load the offline explainer: {exc}") from exc
+        self.model, self.tokenizer = load_subject_model(
+            cfg.explainer_model,
+            device="auto",
+            dtype="auto",
+            token=cfg.token,
+            param="explainer_model",
+        )
+        self.model.eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        limit = (
+            getattr(self.model.config, "max_position_embeddings", None)
+            or cfg.explainer_model_max_len
+        )
+        self.max_len = min(cfg.explainer_model_max_len, limit)
+        self.has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        self.generate_calls = 0
+        self.lock = threading.Lock()  # two stages' batchers may share one engine
+
+    def encode(self, messages: list[dict[str, str]], max_new: int) -> list[int]:
+        if self.has_template:
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True
+            )
+            if not isinstance(ids, list):  # newer transformers may return a BatchEncoding
+                ids = list(ids["input_ids"])
+        else:
+            ids = self.tokenizer(plain_prompt(messages))["input_ids"]
+        room = max(1, self.max_len - max_new)
+        if len(ids) > room:
+            log.warning(
+                "offline explainer: prompt of %d tokens exceeds --explainer_model_max_len %d "
+                "minus %d new tokens; keeping its last %d tokens",
+                len(ids),
+                self.max_len,
+                max_new,
+                room,
+            )
+            ids = ids[-room:]
+        return list(ids)
+
+    def run(self, prompts: list[list[int]], key: SamplingKey) -> list[Completion]:
+        import torch
+
+        with self.lock:
+            tok = self.tokenizer
+            width = max(len(p) for p in prompts)
+            pad = tok.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            device = next(self.model.parameters()).device
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": max(1, min(key.max_tokens, self.max_len - width)),
+                "pad_token_id": pad,
+                "return_dict_in_generate": True,
+                "output_logits": key.logprobs,
+            }
+            if key.temperature > 0:
+                kwargs.update(do_sample=True, temperature=key.temperature, top_p=1.0, top_k=0)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            self.generate_calls += 1
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs
+                )
+            new = out.sequences[:, width:].cpu()
+            steps = None
+            if key.logprobs and out.logits is not None:
+                steps = torch.stack(out.logits, dim=1).float().log_softmax(-1).cpu()  # [B, T, V]
+        eos = set(_as_list(getattr(self.model.generation_config, "eos_token_id", None)))
+        eos.add(tok.eos_token_id)
+        results = []
+        for row, prompt in enumerate(prompts):
+            ids = new[row].tolist()
+            n = next((i for i, t in enumerate(ids) if t in eos), len(ids))
+            ids = ids[:n]
+            logprobs = None
+            if steps is not None:
+                logprobs = []
+                for i, t in enumerate(ids):
+                    dist = steps[row, i]
+                    top: dict[str, float] = {}
+                    if key.top_logprobs > 0:
+                        vals, idx = dist.topk(key.top_logprobs)
+                        for v, j in zip(vals.tolist(), idx.tolist(), strict=True):
+                            # distinct ids can decode alike (byte pieces): keep the likeliest
+                            top.setdefault(tok.decode([j]), float(v))
+                    logprobs.append(TokenLogprob(tok.decode([t]), float(dist[t]), top))
+            text = tok.decode(ids, skip_special_tokens=True)
+            results.append(Completion(text, len(prompt), len(ids), logprobs))
+        return results
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class VLLMEngine:
+    """vLLM's in-process engine: it schedules the whole batch itself."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        try:
+            import torch
+            from vllm import LLM
+        except ImportError:
+            raise MissingExtraError("vllm", "vllm", "the offline vLLM explainer") from None
+        tp = cfg.num_gpus or torch.cuda.device_count()
+        self.llm = LLM(
+            model=cfg.explainer_model,
+            tensor_parallel_size=max(1, tp),
+            max_model_len=cfg.explainer_model_max_len,
+            seed=cfg.seed,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_len = cfg.explainer_model_max_len
+        self.generate_calls = 0
+        self.lock = threading.Lock()
+
+    def encode(self, messages: list[dict[str, str]], max_new: int) -> list[int]:
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True
+            )
+        else:
+            ids = self.tokenizer(plain_prompt(messages))["input_ids"]
+        room = max(1, self.max_len - max_new)
+        if len(ids) > room:
+            log.warning(
+                "offline explainer: prompt of %d tokens truncated to its last %d", len(ids), room
+            )
+            ids = ids[-room:]
+        return list(ids)
+
+    def run(self, prompts: list[list[int]], key: SamplingKey) -> list[Completion]:
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(
+            max_tokens=key.max_tokens,
+            temperature=key.temperature,
+            logprobs=max(key.top_logprobs, 1) if key.logprobs else None,
+        )
+        with self.lock:
+            self.generate_calls += 1
+            outs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+            )
+        results = []
+        for prompt, out in zip(prompts, outs, strict=True):
+            gen = out.outputs[0]
+            logprobs = None
+            if key.logprobs and gen.logprobs is not None:
+                logprobs = []
+                for t, step in zip(gen.token_ids, gen.logprobs, strict=False):
+                    ranked = sorted(step.items(), key=lambda kv: -kv[1].logprob)[: key.top_logprobs]
+                    top = {lp.decoded_token or "": lp.logprob for _, lp in ranked}
+                    chosen = step[t]
+                    logprobs.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob, top))
+            results.append(Completion(gen.text, len(prompt), len(gen.token_ids), logprobs))
+        return results
+
+
+_ENGINES: dict[tuple, Any] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _use_vllm() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+def get_engine(cfg: RunConfig) -> TransformersEngine | VLLMEngine:
+    """The process-wide engine for this model, loaded on first use."""
+    use_vllm = _use_vllm()
+    key = (cfg.explainer_model, cfg.explainer_model_max_len, use_vllm)
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            log.info(
+                "loading offline explainer %s (%s)",
+                cfg.explainer_model,
+                "vLLM" if use_vllm else "transformers",
+            )
+            _ENGINES[key] = VLLMEngine(cfg) if use_vllm else TransformersEngine(cfg)
+        return _ENGINES[key]
+
+
+def release_engines() -> None:
+    """Drop loaded offline engines (frees their memory once nothing else holds them)."""
+    with _ENGINES_LOCK:
+        _ENGINES.clear()
+
+
+class OfflineClient:
+    """An LLMClient running the explainer in this process. See the module docstring."""
+
+    def __init__(
+        self, cfg: RunConfig, stage: str = "default", *, usage: Usage | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.stage = stage
+        self.usage = usage if usage is not None else Usage()
+        self.usage.stage(stage)
+        self.batch_size = cfg.offline_batch_size
+        # Shared with with_stage() views: queue, worker task, engine.
+        self._shared: dict[str, Any] = {
+            "queue": None,
+            "worker": None,
+            "engine": None,
+            "held": [],
+            "owner": self,
+        }
+
+    def __repr__(self) -> str:
+        return f"OfflineClient(model={self.cfg.explainer_model!r}, stage={self.stage!r})"
+
+    def with_stage(self, stage: str) -> OfflineClient:
+        view = object.__new__(OfflineClient)
+        view.__dict__.update(self.__dict__)
+        view.stage = stage
+        self.usage.stage(stage)
+        return view
+
+    @property
+    def engine(self) -> TransformersEngine | VLLMEngine:
+        if self._shared["engine"] is None:
+            self._shared["engine"] = get_engine(self.cfg)
+        return self._shared["engine"]
+
+    async def generate(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+    ) -> Completion:
+        check_messages(messages)
+        shared = self._shared
+        if shared["queue"] is None:
+            shared["queue"] = asyncio.Queue()
+        if shared["worker"] is None or shared["worker"].done():
+            shared["worker"] = asyncio.create_task(self._worker())
+        future = asyncio.get_running_loop().create_future()
+        key = SamplingKey(max_tokens, float(temperature), bool(logprobs), int(top_logprobs))
+        await shared["queue"].put(_Pending(messages, key, future))
+        try:
+            completion: Completion = await future
+        except LLMError:
+            self.usage.record(self.stage, failures=1)
+            raise
+        self.usage.record(
+            self.stage,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            requests=1,
+        )
+        return completion
+
+    async def _worker(self) -> None:
+        queue: asyncio.Queue = self._shared["queue"]
+        held: list[_Pending] = self._shared["held"]  # dequeued, waiting for a batch of their kind
+        while True:
+            if not held:
+                held.append(await queue.get())
+            await asyncio.sleep(0)  # let callers started in the same tick enqueue too
+            while not queue.empty():
+                held.append(queue.get_nowait())
+            key = held[0].key
+            limit = 1 << 30 if isinstance(self._shared["engine"], VLLMEngine) else self.batch_size
+            batch = [p for p in held if p.key == key][:limit]
+            held[:] = [p for p in held if p not in batch]
+            await self._run_batch(batch, key)
+
+    async def _run_batch(self, batch: list[_Pending], key: SamplingKey) -> None:
+        live = [p for p in batch if not p.future.done()]  # skip callers that were cancelled
+        if not live:
+            return
+        try:
+            results = await asyncio.to_thread(self._run_sync, [p.messages for p in live], key)
+        except Exception as exc:  # the model failed: every caller in the batch gets LLMError
+            err = (
+                exc if isinstance(exc, LLMError) else LLMError(f"offline generation failed: {exc}")
+            )
+            for p in live:
+                if not p.future.done():
+                    p.future.set_exception(err)
+            return
+        for p, r in zip(live, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(r)
+
+    def _run_sync(self, messages: list[list[dict[str, str]]], key: SamplingKey) -> list[Completion]:
+        engine = self.engine
+        prompts = [engine.encode(m, key.max_tokens) for m in messages]
+        order = sorted(
+            range(len(prompts)), key=lambda i: len(prompts[i])
+        )  # similar lengths pad less
+        out: list[Completion | None] = [None] * len(prompts)
+        results = self._run_split([prompts[i] for i in order], key)
+        for i, completion in zip(order, results, strict=True):
+            out[i] = completion
+        return out  # type: ignore[return-value]
+
+    def _run_split(self, prompts: list[list[int]], key: SamplingKey) -> list[Completion]:
+        """Run a batch; on out-of-memory, halve it and try again."""
+        try:
+            return self.engine.run(prompts, key)
+        except RuntimeError as exc:
+            if "out of memory" not in str(exc).lower() or len(prompts) == 1:
+                raise
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(prompts) // 2
+            log.warning(
+                "offline explainer ran out of memory on %d prompts; splitting", len(prompts)
+            )
+            return self._run_split(prompts[:half], key) + self._run_split(prompts[half:], key)
+
+    async def aclose(self) -> None:
+        if self._shared["owner"] is not self:
+            return
+        worker = self._shared["worker"]
+        if worker is not None:
+            worker.cancel()
+            try:
+                await worker
+            except (asyncio.CancelledError, Exception):
+                pass
+        queue = self._shared["queue"]
+        left = list(self._shared["held"])
+        while queue is not None and not queue.empty():
+            left.append(queue.get_nowait())
+        for p in left:
+            if not p.future.done():
+                p.future.set_exception(LLMError("offline client closed"))
+        self._shared["held"].clear()
+        self._shared["worker"] = None
+        self._shared["queue"] = None

@@ -1,0 +1,219 @@
+"""What every scorer shares: the Scorer base class, the score-file layout, seeded randomness,
+chat-message building, log-probability helpers and the metrics (binary, correlation, AUC)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autointerp_full.config import RunConfig
+    from autointerp_full.examples.types import Example, LatentRecord
+    from autointerp_full.llm.base import LLMClient, TokenLogprob
+    from autointerp_full.prompts import Prompts
+
+# Failure messages kept in a score file; the rest are only counted.
+MAX_FAILURE_MESSAGES = 5
+
+
+class Scorer:
+    """Scores one latent's explanation on its held-out examples.
+
+    Subclasses set `name` and `needs_explanation` and implement `_score`, which returns the
+    per-example records, the metrics and an error (None unless the whole latent failed).
+    """
+
+    name: str = ""
+    needs_explanation: bool = True
+
+    def __init__(self, client: LLMClient | None, prompts: Prompts | None, cfg: RunConfig) -> None:
+        # A per-scorer view of the client, when it offers one, so usage is counted per scorer.
+        with_stage = getattr(client, "with_stage", None)
+        self.client = with_stage(self.name) if callable(with_stage) else client
+        self.prompts = prompts
+        self.cfg = cfg
+
+    async def score(self, record: LatentRecord, explanation: str | None) -> dict[str, Any]:
+        """The score file's JSON for one latent; LLM failures are recorded, never raised."""
+        if self.needs_explanation and not explanation:
+            return self.result(record, explanation, [], {}, "no explanation to score")
+        if not record.test and not record.non_activating:
+            return self.result(record, explanation, [], {}, "no test examples to score")
+        examples, metrics, error = await self._score(record, explanation)
+        return self.result(record, explanation, examples, metrics, error)
+
+    async def _score(
+        self, record: LatentRecord, explanation: str | None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
+        raise NotImplementedError
+
+    def result(
+        self,
+        record: LatentRecord,
+        explanation: str | None,
+        examples: list[dict[str, Any]],
+        metrics: dict[str, Any],
+        error: str | None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        return {
+            "scorer": self.name,
+            "hookpoint": record.hookpoint,
+            "latent": record.latent,
+            "explanation": explanation,
+            "examples": examples,
+            "metrics": metrics,
+            "error": error,
+            **extra,
+        }
+
+    def rng(self, record: LatentRecord) -> random.Random:
+        return seeded_rng(self.cfg.seed, record.hookpoint, record.latent, self.name)
+
+    def messages(self, key: str, user: str) -> list[dict[str, str]]:
+        return chat_messages(self.prompts, key, user)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def seeded_rng(seed: int, *parts: object) -> random.Random:
+    """A generator fixed by the run seed and e.g. (hookpoint, latent, scorer), stable across
+    processes (Python's hash() is salted per process, so it cannot be used here)."""
+    text = "\x1f".join([str(seed), *map(str, parts)])
+    return random.Random(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big"))
+
+
+def example_text(example: Example) -> str:
+    return "".join(example.str_tokens)
+
+
+def chat_messages(prompts: Prompts | None, key: str, user: str) -> list[dict[str, str]]:
+    """The same system prompt first for every request (so a server's prefix cache shares it),
+    then the variable part; a {prompt} placeholder in the template receives the variable part."""
+    if prompts is None:
+        return [{"role": "user", "content": user}]
+    build = getattr(prompts, "messages", None)
+    if callable(build):
+        return build(key, user)
+    template = prompts.get(key)
+    before, found, after = template.partition("{prompt}")
+    if found:
+        return [
+            {"role": "system", "content": before.strip()},
+            {"role": "user", "content": (user + after).strip()},
+        ]
+    return [{"role": "system", "content": template}, {"role": "user", "content": user}]
+
+
+def failure_messages(errors: Sequence[str]) -> list[str]:
+    unique = list(dict.fromkeys(errors))
+    return unique[:MAX_FAILURE_MESSAGES]
+
+
+def strip_token(token: str) -> str:
+    """A completion token without the punctuation around list items ("[1", " 0,", "1]")."""
+    return token.strip().strip("[],.:'\"").strip()
+
+
+def top_distribution(item: TokenLogprob) -> dict[str, float]:
+    """Probabilities of the candidate tokens at one position, keyed by the stripped token text.
+
+    Falls back to the sampled token alone when the server sent no alternatives."""
+    candidates = item.top or {item.token: item.logprob}
+    probs: dict[str, float] = {}
+    for token, logprob in candidates.items():
+        key = strip_token(token)
+        probs[key] = probs.get(key, 0.0) + math.exp(logprob)
+    return probs
+
+
+def list_answer_positions(logprobs: Sequence[TokenLogprob], accept: set[str]) -> list[TokenLogprob]:
+    """The tokens of the first bracketed list in a completion whose stripped text is in `accept`."""
+    out: list[TokenLogprob] = []
+    started = False
+    for item in logprobs:
+        token = item.token
+        if not started:
+            if "[" not in token:
+                continue
+            started = True
+            token = token.split("[", 1)[1]
+        if strip_token(token) in accept:
+            out.append(item)
+        if "]" in token:
+            break
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def binary_metrics(labels: Sequence[bool], predictions: Sequence[bool | None]) -> dict[str, Any]:
+    """Classification metrics where a missing prediction (None: the answer failed) counts as wrong:
+    a positive it misses is a false negative and a negative it misses is not a true negative."""
+    n = len(labels)
+    tp = sum(1 for y, p in zip(labels, predictions, strict=True) if y and p is True)
+    fp = sum(1 for y, p in zip(labels, predictions, strict=True) if not y and p is True)
+    tn = sum(1 for y, p in zip(labels, predictions, strict=True) if not y and p is False)
+    positives = sum(1 for y in labels if y)
+    negatives = n - positives
+    n_failed = sum(1 for p in predictions if p is None)
+    recall = tp / positives if positives else None
+    specificity = tn / negatives if negatives else None
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    rates = [r for r in (recall, specificity) if r is not None]
+    if recall is None:
+        f1 = None
+    else:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "accuracy": (tp + tn) / n if n else None,
+        "balanced_accuracy": sum(rates) / len(rates) if rates else None,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "n": n,
+        "n_failed": n_failed,
+    }
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Pearson correlation; None when undefined (fewer than two points or a constant side)."""
+    n = len(x)
+    if n < 2 or n != len(y):
+        return None
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    if sxx <= 1e-12 or syy <= 1e-12:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def auc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
+    """Area under the ROC curve: the chance a positive outscores a negative (ties count half)."""
+    if not positive or not negative:
+        return None
+    ranked = sorted([(s, 1) for s in positive] + [(s, 0) for s in negative])
+    # Average ranks over ties (Mann-Whitney U).
+    rank_sum = 0.0
+    i = 0
+    while i < len(ranked):
+        j = i
+        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
+            j += 1
+        mean_rank = (i + j) / 2 + 1
+        rank_sum += mean_rank * sum(1 for k in range(i, j + 1) if ranked[k][1] == 1)
+        i = j + 1
+    n_pos, n_neg = len(positive), len(negative)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def mean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else None

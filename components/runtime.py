@@ -1,0 +1,429 @@
+"""What the KFP components do, as plain functions the tests can also call directly.
+
+A component body is a few lines that import one function from here; this module builds the
+RunConfig, fetches input artifacts (only the needed objects when they live in S3), checks them
+against their schemas, and calls exactly one stage function from autointerp_full.stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from autointerp_full.config import SECRET_FIELDS, ConfigError, RunConfig
+from autointerp_full.errors import UserError
+
+log = logging.getLogger("autointerp_full.components")
+
+# Top-level pipeline parameters, besides config_json: the fields users change on most runs.
+# Their types, help and defaults come from RunConfig; a value left empty defers to config_json.
+PROMOTED_FIELDS = (
+    "model",
+    "sparse_model",
+    "hookpoints",
+    "max_latents",
+    "feature_num",
+    "n_tokens",
+    "explainer_model",
+    "explainer_provider",
+    "explainer_api_base_url",
+    "scorers",
+)
+# Where the pipeline's defaults differ from the CLI's: on a cluster the explainer is a vLLM server
+# (the shared Deployment in manifests/), not a model loaded inside each step.
+PIPELINE_DEFAULTS: dict[str, Any] = {"explainer_provider": "vllm"}
+# Defaults that depend on the machine that compiles the pipeline; the pod decides them instead.
+MACHINE_DEPENDENT_FIELDS = ("pipeline_num_proc",)
+# Where explain/score steps find a shared LLM server when config says vllm but gives no URL;
+# filled from the autointerp-settings ConfigMap (manifests/).
+LLM_URL_ENV = "AUTOINTERP_LLM_BASE_URL"
+IN_STEP_PLACEHOLDER_URL = "http://127.0.0.1:1/v1"  # replaced by the step's own server
+
+
+def pipeline_defaults() -> dict[str, Any]:
+    """RunConfig's defaults with the pipeline's differences (no secrets, no machine-dependent)."""
+    data = {**RunConfig().public_dict(), **PIPELINE_DEFAULTS}
+    for name in MACHINE_DEPENDENT_FIELDS:
+        data.pop(name, None)
+    return data
+
+
+def default_config_json() -> str:
+    """The pipeline's config_json default, in a stable order."""
+    return json.dumps(pipeline_defaults(), sort_keys=True)
+
+
+_EMPTY = {"str": "", "list": [], "int": 0, "float": 0.0, "bool": False}
+
+
+def kfp_type(field: dataclasses.Field) -> str:
+    """The KFP parameter type of a RunConfig field: str, list, int, float or bool."""
+    text = str(field.type)
+    if text.startswith("list"):
+        return "list"
+    base = text.split("|")[0].strip()
+    return base if base in ("int", "float", "bool") else "str"
+
+
+def promoted_parameters() -> list[tuple[str, str, Any]]:
+    """(name, KFP type, default) of each top-level parameter.
+
+    The default is the pipeline's default for the field, or an empty value of its type where
+    that is None (KFP parameters cannot default to None). A top-level parameter replaces the
+    field in config_json only when it differs from this default.
+    """
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    defaults = pipeline_defaults()
+    out = []
+    for name in PROMOTED_FIELDS:
+        kind = kfp_type(fields[name])
+        default = defaults[name]
+        out.append((name, kind, _EMPTY[kind] if default is None else default))
+    return out
+
+
+def resolve_config(config_json: str, overrides: dict[str, Any], serve_in_step: bool = False) -> str:
+    """config_json with the changed top-level parameters applied, validated; returned as JSON."""
+    try:
+        data = json.loads(config_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise UserError(f"config_json: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError("config_json: must be a JSON object of RunConfig fields")
+    secrets = sorted(set(data) & set(SECRET_FIELDS))
+    if secrets:
+        raise UserError(
+            f"config_json: {', '.join(secrets)} must not be a pipeline parameter; "
+            "it comes from the autointerp-hf-token Kubernetes Secret"
+        )
+    defaults = {name: default for name, _, default in promoted_parameters()}
+    for name, value in overrides.items():
+        if name not in defaults:
+            raise UserError(f"{name}: not a top-level pipeline parameter")
+        if value is not None and value != defaults[name]:
+            data[name] = value
+    if data.get("explainer_provider") == "vllm" and not data.get("explainer_api_base_url"):
+        data["explainer_api_base_url"] = os.environ.get(LLM_URL_ENV) or None
+    cfg = config_from_json(json.dumps(data))
+    if serve_in_step and cfg.explainer_provider != "offline":
+        # The URL is only known once the step has started its own server.
+        url = cfg.explainer_api_base_url or IN_STEP_PLACEHOLDER_URL
+        cfg = dataclasses.replace(cfg, explainer_provider="vllm", explainer_api_base_url=url)
+    if not cfg.hookpoints:
+        raise UserError('hookpoints: give at least one module path, e.g. ["layers.16"]')
+    try:
+        cfg.validate()
+    except ConfigError as exc:
+        hint = ""
+        if exc.param == "explainer_api_base_url":
+            hint = f" (or set {LLM_URL_ENV} through the autointerp-settings ConfigMap)"
+        raise UserError(f"{exc}{hint}") from None
+    return cfg.to_json()
+
+
+def config_from_json(config: str) -> RunConfig:
+    try:
+        data = json.loads(config)
+        return RunConfig.from_dict(data)
+    except (json.JSONDecodeError, ValueError, TypeError) as exc:
+        raise UserError(f"config_json: {exc}") from None
+
+
+def plan_ranges(config: str, num_latents: int, shard_size: int) -> list[list[int]]:
+    """Split the selected latents into [start, end) ranges of at most `shard_size` latents."""
+    from autointerp_full.stages import select_latents
+
+    if shard_size < 1:
+        raise UserError(f"shard_size: must be >= 1 (got {shard_size})")
+    latents = select_latents(config_from_json(config), num_latents)
+    ranges = []
+    for i in range(0, len(latents), shard_size):
+        chunk = latents[i : i + shard_size]
+        ranges.append([chunk[0], chunk[-1] + 1])
+    return ranges
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="autointerp-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _setup() -> None:
+    from autointerp_full.logs import setup_logging
+
+    setup_logging(True)
+
+
+# ------------------------------------------------------------------------- steps
+
+
+def run_configure(config_json: str, overrides: dict[str, Any], serve_in_step: bool) -> str:
+    _setup()
+    config = resolve_config(config_json, overrides, serve_in_step)
+    log.info("configuration: %s", config)
+    return config
+
+
+def run_cache(config: str, hookpoint: str, cache_path: str) -> None:
+    """Cache one hookpoint into `cache_path/<hookpoint>/`."""
+    from autointerp_full.schemas import validate_artifact
+    from autointerp_full.stages import cache_stage
+
+    _setup()
+    cfg = dataclasses.replace(config_from_json(config), hookpoints=[hookpoint])
+    cache_stage(cfg, Path(cache_path))
+    validate_artifact("cache", Path(cache_path) / hookpoint)
+
+
+def run_plan(config: str, cache_uris: list[str], shard_size: int) -> list[dict[str, Any]]:
+    """The fan-out's work items, from the caches' latent counts (reading config.json only).
+
+    Each item carries the cache URIs too, since a fan-out task cannot read the output of
+    an earlier fan-out directly.
+    """
+    from autointerp_full import s3
+    from autointerp_full.io import read_json
+    from autointerp_full.schemas import validate_artifact
+
+    _setup()
+    with scratch_dir() as tmp:
+        counts = []
+        for i, uri in enumerate(cache_uris):
+            if s3.is_remote(uri):
+                names = [n for n in s3.list_objects(uri) if n.endswith("/config.json")]
+                s3.download_objects(uri, names, tmp / str(i))
+                configs = [tmp / str(i) / n for n in names]
+            else:
+                configs = sorted(Path(uri).glob("*/config.json"))
+            for path in configs:
+                validate_artifact("cache", path)
+                counts.append(int(read_json(path)["num_latents"]))
+    if not counts:
+        raise UserError("plan: the cache artifacts hold no hookpoint config.json")
+    ranges = plan_ranges(config, max(counts), shard_size)
+    log.info("%d latent ranges of up to %d latents: %s", len(ranges), shard_size, ranges)
+    return [{"latent_range": r, "cache_uris": list(cache_uris)} for r in ranges]
+
+
+def run_examples(config: str, shard: dict[str, Any], examples_path: str) -> dict[str, Any]:
+    """Fetch the cache shards covering shard["latent_range"] from every hookpoint's cache and
+    build the examples of those latents."""
+    from autointerp_full import s3
+    from autointerp_full.schemas import validate_artifact
+    from autointerp_full.stages import examples_stage
+
+    _setup()
+    cfg = config_from_json(config)
+    start, end = _range(shard)
+    # Co-occurrence neighbours compare every latent, so that source needs every shard.
+    wanted = None if cfg.non_activating_source == "neighbours" else (start, end)
+    with scratch_dir() as tmp:
+        latents_dir = tmp / "latents"
+        fetched = []
+        for uri in shard["cache_uris"]:
+            fetched += s3.fetch_cache(uri, latents_dir, wanted)
+        validate_artifact("cache", latents_dir)
+        examples_stage(cfg, latents_dir, Path(examples_path), (start, end))
+    validate_artifact("examples", Path(examples_path))
+    built = len(list(Path(examples_path).glob("*_latent_*.json")))
+    return {"latent_range": [start, end], "latents_built": built, "objects_fetched": len(fetched)}
+
+
+@contextmanager
+def llm_config(cfg: RunConfig, serve_in_step: bool) -> Iterator[RunConfig]:
+    """The config the LLM stages use: as given, or pointed at a vLLM server this step starts."""
+    if not serve_in_step or cfg.explainer_provider == "offline":
+        yield cfg
+        return
+    from autointerp_full.vllm_server import VLLMServer
+
+    with VLLMServer(
+        cfg.explainer_model,
+        tensor_parallel_size=cfg.num_gpus or None,
+        max_model_len=cfg.explainer_model_max_len,
+    ) as server:
+        yield dataclasses.replace(
+            cfg, explainer_provider="vllm", explainer_api_base_url=server.base_url
+        )
+
+
+def run_explain(
+    config: str,
+    examples_uri: str,
+    examples_path: str,
+    shard: dict[str, Any],
+    explanations_path: str,
+    serve_in_step: bool,
+) -> dict[str, Any]:
+    from autointerp_full import s3
+    from autointerp_full.schemas import validate_artifact
+    from autointerp_full.stages import explain_stage
+
+    _setup()
+    cfg = config_from_json(config)
+    with scratch_dir() as tmp:
+        examples = s3.ensure_local(examples_uri, examples_path, tmp)
+        validate_artifact("examples", examples)
+        with llm_config(cfg, serve_in_step) as run_cfg:
+            explain_stage(run_cfg, examples, Path(explanations_path), _range(shard))
+    validate_artifact("explanations", Path(explanations_path))
+    return {"explanations": len(list(Path(explanations_path).glob("*_latent_*.txt")))}
+
+
+def run_score(
+    config: str,
+    examples_uri: str,
+    examples_path: str,
+    explanations_uri: str,
+    explanations_path: str,
+    shard: dict[str, Any],
+    scores_path: str,
+    serve_in_step: bool,
+) -> dict[str, Any]:
+    from autointerp_full import s3
+    from autointerp_full.schemas import validate_artifact
+    from autointerp_full.stages import score_stage
+
+    _setup()
+    cfg = config_from_json(config)
+    with scratch_dir() as tmp:
+        examples = s3.ensure_local(examples_uri, examples_path, tmp / "e")
+        explanations = s3.ensure_local(explanations_uri, explanations_path, tmp / "x")
+        validate_artifact("examples", examples)
+        validate_artifact("explanations", explanations)
+        with llm_config(cfg, serve_in_step) as run_cfg:
+            score_stage(run_cfg, examples, explanations, Path(scores_path), _range(shard))
+    validate_artifact("scores", Path(scores_path))
+    return {"score_files": len(list(Path(scores_path).glob("*/*_latent_*.txt")))}
+
+
+def _range(shard: dict[str, Any]) -> tuple[int, int]:
+    start, end = shard["latent_range"]
+    return int(start), int(end)
+
+
+# ------------------------------------------------------------------------ report
+
+
+def _merge_json(target: Path, source: Path) -> None:
+    """Merge dict-of-dicts JSON files (skipped.json, failures.json, .usage.json); numbers add."""
+    from autointerp_full.io import atomic_write_json, read_json
+
+    merged = read_json(target) if target.exists() else {}
+
+    def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        for key, value in b.items():
+            if isinstance(value, dict) and isinstance(a.get(key), dict):
+                merge(a[key], value)
+            elif isinstance(value, (int, float)) and isinstance(a.get(key), (int, float)):
+                a[key] = a[key] + value
+            else:
+                a[key] = value
+        return a
+
+    atomic_write_json(target, merge(merged, read_json(source)))
+
+
+def assemble(parts: list[Path], target: Path) -> None:
+    """Link the files of several shard artifacts into one folder, merging bookkeeping JSON."""
+    target.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        for file in sorted(p for p in part.rglob("*") if p.is_file()):
+            rel = file.relative_to(part)
+            dest = target / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if file.name in ("skipped.json", "failures.json", ".usage.json"):
+                _merge_json(dest, file)
+            elif not dest.exists():
+                dest.symlink_to(file.resolve())
+
+
+def flatten_metrics(data: Any, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of summary.json as dotted names (booleans and non-finite values left out)."""
+    out: dict[str, float] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(flatten_metrics(value, f"{prefix}{key}."))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool):
+        if math.isfinite(data):
+            out[prefix.rstrip(".")] = float(data)
+    return out
+
+
+def metrics_html(summary: dict[str, Any], cfg: RunConfig) -> str:
+    """A small self-contained HTML page of the run's metrics, for the KFP UI's HTML viewer."""
+    from html import escape
+
+    rows = "\n".join(
+        f"<tr><td>{escape(k)}</td><td>{v:.4g}</td></tr>"
+        for k, v in sorted(flatten_metrics(summary).items())
+    )
+    title = escape(f"AutoInterp report: {cfg.model} / {cfg.sparse_model}")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{title}</title><style>body{{font-family:sans-serif}}"
+        "td{padding:2px 12px;border-bottom:1px solid #ddd}</style></head>"
+        f"<body><h1>{title}</h1><p>hookpoints: {escape(', '.join(cfg.hookpoints))}</p>"
+        f"<table><tr><th>metric</th><th>value</th></tr>\n{rows}\n</table></body></html>\n"
+    )
+
+
+def run_report(
+    config: str,
+    examples: list[tuple[str, str]],
+    explanations: list[tuple[str, str]],
+    scores: list[tuple[str, str]],
+    summary_path: str,
+    html_path: str,
+) -> dict[str, float]:
+    """Gather every shard's outputs into one run folder, write summary.json, return metrics.
+
+    Each input is a list of (uri, local path) pairs, one per shard artifact.
+    """
+    from autointerp_full import s3
+    from autointerp_full.io import atomic_write_text, read_json
+    from autointerp_full.schemas import validate_artifact
+    from autointerp_full.stages import dump_config, report_stage
+
+    _setup()
+    cfg = config_from_json(config)
+    with scratch_dir() as tmp:
+        run_dir = tmp / "run"
+        for kind, folder, pairs in (
+            ("examples", "examples", examples),
+            ("explanations", "explanations", explanations),
+            ("scores", "scores", scores),
+        ):
+            parts = []
+            for i, (uri, path) in enumerate(pairs):
+                local = s3.ensure_local(uri, path, tmp / "in" / folder / str(i))
+                validate_artifact(kind, local)
+                parts.append(local)
+            assemble(parts, run_dir / folder)
+        dump_config(cfg, run_dir)
+        summary_file = report_stage(cfg, run_dir)
+        validate_artifact("summary", summary_file)
+        out = Path(summary_path)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(summary_file, out / "summary.json")
+        shutil.copy2(run_dir / "run_config.json", out / "run_config.json")
+        summary = read_json(summary_file)
+        html = run_dir / "report" / "index.html"
+        if html.exists():
+            shutil.copy2(html, html_path)
+        else:
+            atomic_write_text(html_path, metrics_html(summary, cfg))
+    return flatten_metrics(summary)

@@ -1,0 +1,161 @@
+"""The KFP components: one per stage, each a thin wrapper over components.runtime.
+
+Lightweight Python components: KFP embeds each function's source in the pipeline spec and runs
+it in our runtime image, which already holds this package (packages_to_install=[]). Imports
+therefore live inside the function bodies.
+"""
+
+import linecache
+from collections.abc import Callable
+from typing import Any, List, NamedTuple, Optional  # noqa: UP035 (KFP reads typing.List)
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Output
+
+from autointerp_full import __version__
+from components.runtime import promoted_parameters
+
+IMAGE_REPO = "ghcr.io/autointerp-full"
+CPU_IMAGE = f"{IMAGE_REPO}/runtime-cpu:{__version__}"
+GPU_IMAGE = f"{IMAGE_REPO}/runtime-gpu:{__version__}"
+
+
+def component(func: Callable[..., Any]) -> Any:
+    return dsl.component(func, base_image=CPU_IMAGE, packages_to_install=[])
+
+
+# ------------------------------------------------------------------- configure
+# Its signature is generated from RunConfig (one source of truth for names and types), so its
+# source is generated too: KFP embeds a component's source text, which the generated text is.
+_CONFIGURE_TEMPLATE = '''\
+def configure(config_json: str, serve_in_step: bool, {params}) -> str:
+    """Merge the top-level parameters into config_json and validate the result."""
+    overrides = dict(locals())  # first statement: exactly the parameters
+    from components.runtime import run_configure
+
+    overrides.pop("config_json")
+    overrides.pop("serve_in_step")
+    return run_configure(config_json, overrides, serve_in_step)
+'''
+
+
+def _generated_function(name: str, source: str) -> Callable[..., Any]:
+    # Registering the text in linecache lets inspect.getsource (used by KFP) find it.
+    filename = f"<autointerp generated {name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"NamedTuple": NamedTuple, "Optional": Optional}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace[name]
+
+
+def _configure_function() -> Callable[..., Any]:
+    params = ", ".join(f"{name}: {kind}" for name, kind, _ in promoted_parameters())
+    return _generated_function("configure", _CONFIGURE_TEMPLATE.format(params=params))
+
+
+configure_op = component(_configure_function())
+
+
+# ---------------------------------------------------------------------- stages
+@component
+def hookpoints_op(config: str) -> list:
+    """The hookpoints to cache, one fan-out task each."""
+    import json
+
+    return json.loads(config)["hookpoints"]
+
+
+@component
+def cache_op(config: str, hookpoint: str, cache: Output[Dataset]) -> str:
+    """Cache one hookpoint's latent activations; returns the artifact URI for ranged reads."""
+    from components.runtime import run_cache
+
+    run_cache(config, hookpoint, cache.path)
+    cache.metadata["hookpoint"] = hookpoint
+    return cache.uri
+
+
+@component
+def plan_op(config: str, cache_uris: list, shard_size: int) -> list:
+    """The fan-out's work items: {"latent_range": [start, end), "cache_uris": [...]}, each
+    range holding at most shard_size selected latents."""
+    from components.runtime import run_plan
+
+    return run_plan(config, cache_uris, shard_size)
+
+
+@component
+def examples_op(config: str, shard: dict, examples: Output[Dataset]) -> None:
+    """Build the examples of shard["latent_range"], reading only the cache shards covering it.
+
+    The caches arrive by URI, not as input artifacts: the KFP launcher would copy each whole
+    cache into the pod, while this step needs a few shards of it.
+    """
+    from components.runtime import run_examples
+
+    examples.metadata.update(run_examples(config, shard, examples.path))
+
+
+@component
+def explain_op(
+    config: str,
+    examples: Input[Dataset],
+    shard: dict,
+    explanations: Output[Dataset],
+    serve_in_step: bool = False,
+) -> None:
+    """Explain the latents of shard["latent_range"] with the explainer LLM."""
+    from components.runtime import run_explain
+
+    info = run_explain(config, examples.uri, examples.path, shard, explanations.path, serve_in_step)
+    explanations.metadata.update(info)
+
+
+@component
+def score_op(
+    config: str,
+    examples: Input[Dataset],
+    explanations: Input[Dataset],
+    shard: dict,
+    scores: Output[Dataset],
+    serve_in_step: bool = False,
+) -> None:
+    """Score the explanations of shard["latent_range"] with every configured scorer."""
+    from components.runtime import run_score
+
+    info = run_score(
+        config,
+        examples.uri,
+        examples.path,
+        explanations.uri,
+        explanations.path,
+        shard,
+        scores.path,
+        serve_in_step,
+    )
+    scores.metadata.update(info)
+
+
+@component
+def report_op(
+    config: str,
+    examples: Input[List[Dataset]],  # noqa: UP006
+    explanations: Input[List[Dataset]],  # noqa: UP006
+    scores: Input[List[Dataset]],  # noqa: UP006
+    summary: Output[Dataset],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+) -> None:
+    """Gather every shard, write summary.json, log its numbers as metrics, render the report."""
+    from components.runtime import run_report
+
+    values = run_report(
+        config,
+        [(a.uri, a.path) for a in examples],
+        [(a.uri, a.path) for a in explanations],
+        [(a.uri, a.path) for a in scores],
+        summary.path,
+        report.path,
+    )
+    for name, value in values.items():
+        metrics.log_metric(name, value)

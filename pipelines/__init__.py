@@ -1,0 +1,1 @@
+"""The AutoInterp Kubeflow pipeline: its DAG (pipeline.py), compile step and submission CLI."""

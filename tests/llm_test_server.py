@@ -1,0 +1,267 @@
+"""A scripted OpenAI-compatible server for tests and benchmarks (a test double, never shipped).
+
+It really speaks HTTP on 127.0.0.1 (stdlib ThreadingHTTPServer, keep-alive) and serves
+`/v1/models` and `/v1/chat/completions`. Knobs:
+
+- `responder(request_json) -> str | dict`: decides the reply text, so scorer and pipeline tests can
+  script answers. A dict may carry `text` and `logprobs` (the OpenAI `logprobs.content` list).
+- `delay`: seconds each request holds one of `max_concurrent` slots (excess requests queue), so the
+  capacity is `max_concurrent / delay` requests per second.
+- `faults`: a list consumed one per chat request, in arrival order: "ok", "hang" (no answer for
+  `hang_s`), "429" (with `Retry-After: retry_after`), "500", "bad_json", "no_choices", "garbage"
+  (well-formed body, nonsense text), "drop" (close the connection without answering).
+
+Counters: `chat_requests`, `peak_in_flight` (requests received and not yet answered), `requests`
+(the JSON bodies) and `auth_headers`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Responder = Callable[[dict[str, Any]], "str | dict[str, Any]"]
+
+
+def default_responder(request: dict[str, Any]) -> str:
+    return "The latent fires on words about cats."
+
+
+def fake_logprobs(text: str, top_n: int) -> list[dict[str, Any]]:
+    """Per whitespace token: the token at logprob -0.1 and up to top_n alternatives below it."""
+    content = []
+    for tok in text.split() or [text]:
+        top = [{"token": tok, "logprob": -0.1}]
+        top += [{"token": f"alt{j}", "logprob": -2.0 - j} for j in range(max(0, top_n - 1))]
+        content.append({"token": tok, "logprob": -0.1, "top_logprobs": top[: max(top_n, 0)]})
+    return content
+
+
+class ScriptedLLMServer:
+    def __init__(
+        self,
+        responder: Responder | None = None,
+        *,
+        models: tuple[str, ...] = ("test-model",),
+        delay: float = 0.0,
+        max_concurrent: int | None = None,
+        faults: list[str] | None = None,
+        hang_s: float = 30.0,
+        retry_after: float = 0.05,
+    ) -> None:
+        self.responder = responder or default_responder
+        self.models = models
+        self.delay = delay
+        self.faults = list(faults or [])
+        self.hang_s = hang_s
+        self.retry_after = retry_after
+        self._slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.chat_requests = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.requests: list[dict[str, Any]] = []
+        self.auth_headers: list[str | None] = []
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> ScriptedLLMServer:
+        server = self
+
+        class Handler(_Handler):
+            owner = server
+
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()  # releases hanging handlers
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> ScriptedLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ behaviour
+    def _next_fault(self) -> str:
+        with self._lock:
+            self.chat_requests += 1
+            return self.faults.pop(0) if self.faults else "ok"
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def reply_body(self, request: dict[str, Any], fault: str) -> dict[str, Any]:
+        answer = self.responder(request)
+        if isinstance(answer, str):
+            answer = {"text": answer}
+        text = "#@!%$ qq zz" if fault == "garbage" else answer["text"]
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+        }
+        if request.get("logprobs"):
+            content = answer.get("logprobs") or fake_logprobs(text, request.get("top_logprobs", 0))
+            choice["logprobs"] = {"content": content}
+        prompt_words = sum(len(str(m.get("content", "")).split()) for m in request["messages"])
+        return {
+            "id": f"chatcmpl-{self.chat_requests}",
+            "object": "chat.completion",
+            "model": request.get("model"),
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_words,
+                "completion_tokens": len(text.split()),
+                "total_tokens": prompt_words + len(text.split()),
+            },
+        }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default backlog of 5 resets bursts of new connections
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hung up (a timed-out retry) is expected here, not news
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: ScriptedLLMServer
+    protocol_version = "HTTP/1.1"  # keep-alive, so the client's pool is exercised
+    disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms stall
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v1/models":
+            data = [{"id": m, "object": "model", "owned_by": "test"} for m in self.owner.models]
+            self._send(200, json.dumps({"object": "list", "data": data}).encode())
+        else:
+            self._send(404, b'{"error": "not found"}')
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self._send(404, b'{"error": "not found"}')
+            return
+        srv = self.owner
+        srv._enter()
+        try:
+            request = json.loads(raw)
+            with srv._lock:
+                srv.requests.append(request)
+                srv.auth_headers.append(self.headers.get("Authorization"))
+            fault = srv._next_fault()
+            if srv._slots is not None:
+                srv._slots.acquire()
+            try:
+                if srv.delay:
+                    time.sleep(srv.delay)
+                self._answer(request, fault)
+            finally:
+                if srv._slots is not None:
+                    srv._slots.release()
+        finally:
+            srv._leave()
+
+    def _answer(self, request: dict[str, Any], fault: str) -> None:
+        srv = self.owner
+        if fault == "hang":
+            srv._stop.wait(srv.hang_s)
+            self.close_connection = True
+            return
+        if fault == "drop":
+            self.close_connection = True
+            return
+        if fault == "429":
+            self._send(429, b'{"error": "rate limited"}', {"Retry-After": f"{srv.retry_after:g}"})
+        elif fault == "500":
+            self._send(500, b'{"error": "internal"}')
+        elif fault == "bad_json":
+            self._send(200, b'{"choices": [{"message": ')
+        elif fault == "no_choices":
+            self._send(200, b'{"id": "x", "object": "chat.completion"}')
+        else:
+            self._send(200, json.dumps(srv.reply_body(request, fault)).encode())
+
+
+def _load_responder(spec: str) -> Responder:
+    """'package.module:function' -> the function."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in its own process (own GIL, like a real server). Prints the base URL on the first
+    line of stdout; a line "stats" on stdin prints the counters as JSON; EOF stops it."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Scripted OpenAI-compatible test server")
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--cap", type=int, default=None, help="max concurrent requests")
+    parser.add_argument("--model", default="test-model")
+    parser.add_argument("--responder", default=None, help="module:function deciding the text")
+    args = parser.parse_args(argv)
+    responder = _load_responder(args.responder) if args.responder else None
+    with ScriptedLLMServer(
+        responder, models=(args.model,), delay=args.delay, max_concurrent=args.cap
+    ) as server:
+        print(server.url, flush=True)
+        for line in sys.stdin:
+            if line.strip() == "stats":
+                stats = {
+                    "chat_requests": server.chat_requests,
+                    "peak_in_flight": server.peak_in_flight,
+                    "cpu_s": time.process_time(),
+                }
+                print(json.dumps(stats), flush=True)
+
+
+if __name__ == "__main__":
+    main()

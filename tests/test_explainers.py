@@ -1,0 +1,195 @@
+"""Explainers: the prompt each strategy builds, and robust parsing of the answer."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from autointerp_full.config import RunConfig
+from autointerp_full.examples.types import Example, LatentRecord
+from autointerp_full.explainers import ExplainResult, build_messages, explain, parse_explanation
+from autointerp_full.explainers.formatting import mark
+from autointerp_full.prompts import default_prompts
+
+
+@dataclass
+class Reply:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprobs: None = None
+
+
+class RequestFailed(Exception):
+    pass
+
+
+@dataclass
+class ScriptedClient:
+    """Answers each generate() with the next scripted reply (an exception is raised instead)."""
+
+    replies: list[object]
+    calls: list[dict] = field(default_factory=list)
+
+    async def generate(
+        self, messages, *, max_tokens=256, temperature=0.0, logprobs=False, top_logprobs=0
+    ):  # type: ignore[no-untyped-def]
+        self.calls.append({"messages": messages, "max_tokens": max_tokens})
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return Reply(str(reply))
+
+
+def example(words: list[str], acts: list[float], quantile: int = 0) -> Example:
+    return Example(
+        tokens=list(range(len(words))),
+        str_tokens=[" " + w for w in words],
+        activations=acts,
+        quantile=quantile,
+    )
+
+
+def record() -> LatentRecord:
+    train = [
+        example(["the", "cat", "sat", "down"], [0, 2.0, 0, 0], 1),
+        example(["a", "black", "cat", "ran"], [0, 0, 9.0, 4.0], 9),
+        example(["my", "cat", "and", "dog"], [0, 5.0, 0, 0.5], 5),
+    ]
+    negatives = [
+        example(["stock", "prices", "fell", "today"], [0, 0, 0, 0], -1),
+        example(["the", "river", "bank", "flooded"], [0, 0, 0, 0], -1),
+    ]
+    return LatentRecord(
+        "layers.1", 7, 300, 0.01, 10.0, train=train, test=[], non_activating=negatives
+    )
+
+
+def run(
+    rec: LatentRecord, cfg: RunConfig, replies: list[object], existing: str | None = None
+) -> tuple[ExplainResult, ScriptedClient]:
+    client = ScriptedClient(list(replies))
+    result = asyncio.run(explain(rec, client, default_prompts(), cfg, existing=existing))
+    return result, client
+
+
+def test_mark_merges_neighbouring_tokens() -> None:
+    assert mark(record().train[1]) == "a black <<cat ran>>"
+    assert mark(record().train[2]) == "my <<cat>> and dog"  # 0.5 < 20% of the peak
+
+
+def test_default_prompt_and_answer() -> None:
+    result, client = run(record(), RunConfig(), ["Some thinking.\n[EXPLANATION]: The word cat."])
+    assert result == ExplainResult(
+        "The word cat.", "Some thinking.\n[EXPLANATION]: The word cat.", None
+    )
+    system, user = client.calls[0]["messages"]
+    assert system["role"] == "system" and "[EXPLANATION]:" in system["content"]
+    assert (
+        system["content"]
+        == default_prompts().messages("explainers.default.system", "")[0]["content"]
+    )
+    text = user["content"]
+    # Strongest example first, activating tokens marked, strengths listed, top tokens summarised.
+    assert (
+        text.index("a black <<cat ran>>")
+        < text.index("my <<cat>> and dog")
+        < text.index("the <<cat>> sat down")
+    )
+    assert 'Activations: "cat" (9), "ran" (4)' in text
+    assert 'Most strongly activating tokens: "cat" (strength 9, 3x), "ran" (strength 4, 1x)' in text
+    assert "stock prices" not in text
+
+
+def test_faiss_source_defaults_to_contrastive() -> None:
+    cfg = RunConfig(non_activating_source="FAISS")
+    result, client = run(record(), cfg, ["Explanation: cats"])
+    assert result.explanation == "cats"
+    system, user = client.calls[0]["messages"]
+    assert "NON-ACTIVATING" in system["content"]
+    text = user["content"]
+    assert (
+        text.index("ACTIVATING excerpts:")
+        < text.index("<<cat ran>>")
+        < text.index("NON-ACTIVATING excerpts:")
+        < text.index("stock prices fell today")
+    )
+
+
+def test_single_token_marks_only_the_peak() -> None:
+    result, client = run(record(), RunConfig(explainer="single_token"), ['"cat"'])
+    assert result.explanation == "cat"
+    text = client.calls[0]["messages"][1]["content"]
+    assert '1. "cat" (9) in: a black <<cat>> ran' in text
+
+
+def test_np_max_act_and_cot() -> None:
+    result, client = run(record(), RunConfig(explainer="np_max_act"), ["**Cat mentions**"])
+    assert result.explanation == "Cat mentions"
+    assert "concise label" in client.calls[0]["messages"][0]["content"]
+    cot_answer = (
+        "Step 1: tokens are cat.\n[EXPLANATION]: maybe animals\nStep 3: check.\n"
+        "[EXPLANATION]: the noun 'cat'"
+    )
+    result, client = run(record(), RunConfig(explainer="cot"), [cot_answer])
+    assert result.explanation == "the noun 'cat'"
+    assert client.calls[0]["max_tokens"] > 256
+    assert "step by step" in client.calls[0]["messages"][0]["content"]
+
+
+def test_none_reads_existing() -> None:
+    result, client = run(record(), RunConfig(explainer="none"), [], existing="cats\n")
+    assert result.explanation == "cats" and client.calls == []
+    result, _ = run(record(), RunConfig(explainer="none"), [], existing=None)
+    assert result.explanation is None and "no explanation on disk" in result.error
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("[EXPLANATION]: Dates in the future", "Dates in the future"),
+        ("**Explanation:** `dates`", "dates"),
+        ("Here is my answer\n\n## Explanation:\nDates and times\n", "Dates and times"),
+        ('I think it is\n"the word cat"\nHope this helps!', "the word cat"),
+        ("Reasoning...\n- Numbers in tables\n", "Numbers in tables"),
+        ("<think>hmm [EXPLANATION]: no</think>[EXPLANATION]: yes", "yes"),
+        ("", None),
+        ("   \n\n", None),
+        ("[EXPLANATION]:", None),
+        ("[EXPLANATION]: <your explanation>", None),
+        ("...\n!!!", None),
+    ],
+)
+def test_parse_explanation(answer: str, expected: str | None) -> None:
+    assert parse_explanation(answer) == expected
+
+
+def test_malformed_answers_and_errors_become_failures() -> None:
+    for reply in ["", "[EXPLANATION]: <label>", RequestFailed("HTTP 500 after 5 retries")]:
+        result, _ = run(record(), RunConfig(), [reply])
+        assert result.explanation is None and result.error
+    result, _ = run(record(), RunConfig(), [RequestFailed("boom")])
+    assert result.error == "LLM request failed: RequestFailed: boom"
+
+
+def test_llm_error_type_is_caught() -> None:
+    base = pytest.importorskip("autointerp_full.llm.base")
+    result, _ = run(record(), RunConfig(), [base.LLMError("timed out")])
+    assert result.explanation is None and "timed out" in result.error
+
+
+def test_prompt_trimmed_to_context_dropping_weakest() -> None:
+    rec = record()
+    rec.train = [example(["word"] * 30 + ["cat"], [0] * 30 + [float(i + 1)], 0) for i in range(40)]
+    full, _ = build_messages(rec, default_prompts(), RunConfig())
+    cfg = RunConfig(explainer_model_max_len=1200)
+    messages, max_tokens = build_messages(rec, default_prompts(), cfg)
+    text = messages[1]["content"]
+    n_kept = text.count("Excerpt ")
+    assert 1 <= n_kept < 40 and full[1]["content"].count("Excerpt ") == 40
+    total = sum(len(m["content"]) // 3 + 5 for m in messages) + max_tokens
+    assert total <= 1200
+    assert '"cat" (10)' in text  # the strongest example survives
+    assert '"cat" (1)' not in text  # the weakest went first
