@@ -231,7 +231,7 @@ def index_table(
                 cells.append('<td class="err">err</td>')
             else:
                 cells.append(f"<td>{'-' if value is None else f'{value:.2f}'}</td>")
-        text = explanations.get(key, "")
+        text = explanations.get(key, "(no explanation)")
         rows.append(
             f'<tr><td><a href="#{escape(anchor(key))}">{escape(key[0])} {key[1]}</a></td>'
             f"<td>{escape(text[:120])}</td>{''.join(cells)}</tr>"

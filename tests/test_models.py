@@ -1,0 +1,197 @@
+"""Subject-model loading, hookpoint resolution and the truncated forward pass."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_HIDDEN, TINY_LAYERS
+
+from autointerp_full.errors import UserError
+from autointerp_full.models import (
+    forward_to_hooks,
+    hidden_size,
+    hookpoint_path,
+    load_subject_model,
+    resolve_hookpoint,
+    smollm2_gguf_path,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_SAE = ROOT / "shared" / "demo_sae"
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path):
+    return load_subject_model(str(tiny_model_dir), device="cpu")
+
+
+def ids(tokenizer, n_rows: int = 3, length: int = 12) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(3, len(tokenizer), (n_rows, length), generator=g)
+
+
+# ------------------------------------------------------------------------------------ loading
+def test_load_local_dir_eval_no_grad_float32(tiny) -> None:
+    model, tokenizer = tiny
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert next(model.parameters()).dtype == torch.float32  # auto on CPU
+    assert tokenizer.pad_token is not None
+    assert hidden_size(model) == TINY_HIDDEN
+
+
+def test_explicit_dtype(tiny_model_dir: Path) -> None:
+    model, _ = load_subject_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_missing_local_path_names_param(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="^--model: no such file or directory"):
+        load_subject_model(str(tmp_path / "absent"))
+    with pytest.raises(UserError, match="^--explainer_model: no such file"):
+        load_subject_model(str(tmp_path / "absent.gguf"), param="explainer_model")
+
+
+def test_unreachable_hub_id_names_param_and_hides_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="^--model: cannot load 'no-such-org/no-such-model'") as info:
+        load_subject_model("no-such-org/no-such-model", device="cpu", token="hf_topsecret42")
+    assert "hf_topsecret42" not in str(info.value)
+
+
+def test_8bit_needs_cuda(tiny_model_dir: Path) -> None:
+    with pytest.raises(UserError, match="^--load_in_8bit: needs a CUDA GPU"):
+        load_subject_model(str(tiny_model_dir), device="cpu", load_in_8bit=True)
+
+
+def test_bad_dtype() -> None:
+    with pytest.raises(UserError, match="--dtype"):
+        load_subject_model("whatever/model", device="cpu", dtype="int4")
+
+
+# --------------------------------------------------------------------------------- hookpoints
+def test_resolve_hookpoint_under_wrappers(tiny) -> None:
+    model, _ = tiny
+    assert resolve_hookpoint(model, "layers.2") is model.model.layers[2]
+    assert resolve_hookpoint(model, "layers.2.mlp") is model.model.layers[2].mlp
+    assert resolve_hookpoint(model, "model.layers.0") is model.model.layers[0]
+    assert hookpoint_path(model, "layers.3") == "model.layers.3"
+    # GPT-2 spelling maps onto the same block list.
+    assert resolve_hookpoint(model, "h.1") is model.model.layers[1]
+
+
+def test_resolve_gpt2_style_block_names() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50))
+    assert resolve_hookpoint(model, "h.1") is model.transformer.h[1]
+    assert resolve_hookpoint(model, "layers.0.mlp") is model.transformer.h[0].mlp
+
+
+def test_unknown_hookpoint_lists_closest(tiny) -> None:
+    model, _ = tiny
+    with pytest.raises(UserError) as info:
+        resolve_hookpoint(model, "layers.99")
+    message = str(info.value)
+    assert message.startswith("--hookpoints: unknown module 'layers.99'; closest: ")
+    assert "layers.3" in message and "model." not in message
+    with pytest.raises(UserError, match=r"closest: .*layers\.1\.mlp"):
+        resolve_hookpoint(model, "layers.1.mpl")
+
+
+# -------------------------------------------------------------------------- truncated forward
+def test_forward_to_hooks_matches_full_forward(tiny) -> None:
+    model, tokenizer = tiny
+    x = ids(tokenizer)
+    with torch.no_grad():
+        full = model(input_ids=x, output_hidden_states=True).hidden_states
+    got = forward_to_hooks(model, ["layers.0", "layers.2"], x)
+    assert list(got) == ["layers.0", "layers.2"]
+    # hidden_states[i + 1] is the output of decoder layer i (the last one is also normed).
+    torch.testing.assert_close(got["layers.0"], full[1])
+    torch.testing.assert_close(got["layers.2"], full[3])
+    assert got["layers.2"].shape == (3, 12, TINY_HIDDEN)
+
+
+def test_later_layers_and_head_never_run(tiny) -> None:
+    model, tokenizer = tiny
+    calls: dict[str, int] = {}
+    watched = {f"layers.{i}": model.model.layers[i] for i in range(TINY_LAYERS)}
+    watched["norm"] = model.model.norm
+    watched["lm_head"] = model.lm_head
+    handles = [
+        module.register_forward_hook(
+            lambda *_a, name=name: calls.__setitem__(name, calls.get(name, 0) + 1)
+        )
+        for name, module in watched.items()
+    ]
+    try:
+        forward_to_hooks(model, ["layers.1"], ids(tokenizer))
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == {"layers.0": 1, "layers.1": 1}
+    # The hooks are removed afterwards: a normal forward still runs to the end.
+    out = model(input_ids=ids(tokenizer))
+    assert out.logits.shape[-1] == len(tokenizer)
+
+
+def test_transcoder_input_capture(tiny) -> None:
+    model, tokenizer = tiny
+    x = ids(tokenizer)
+    seen: dict[str, torch.Tensor] = {}
+    mlp = model.model.layers[1].mlp
+    handle = mlp.register_forward_hook(
+        lambda _m, args, out: seen.update(inp=args[0].clone(), out=out.clone())
+    )
+    try:
+        with torch.no_grad():
+            model(input_ids=x)
+    finally:
+        handle.remove()
+    got = forward_to_hooks(model, ["layers.1.mlp", "layers.0"], x, inputs={"layers.1.mlp"})
+    torch.testing.assert_close(got["layers.1.mlp"], seen["inp"])
+    assert not torch.allclose(got["layers.1.mlp"], seen["out"])
+    out_only = forward_to_hooks(model, ["layers.1.mlp"], x)
+    torch.testing.assert_close(out_only["layers.1.mlp"], seen["out"])
+
+
+def test_attention_mask_is_used(tiny) -> None:
+    model, tokenizer = tiny
+    x = ids(tokenizer, n_rows=1)
+    mask = torch.ones_like(x)
+    mask[0, :4] = 0  # left padding
+    masked = forward_to_hooks(model, ["layers.1"], x, mask)["layers.1"]
+    plain = forward_to_hooks(model, ["layers.1"], x)["layers.1"]
+    assert not torch.allclose(masked[0, -1], plain[0, -1])
+
+
+# ------------------------------------------------------------------------ real SmolLM2 + demo SAE
+@pytest.mark.slow
+def test_smollm2_gguf_with_demo_sae() -> None:
+    """The committed demo SAE reconstructs SmolLM2's layer-15 residual stream well."""
+    from autointerp_full.sparse import check_dimensions, load_sparse_models
+
+    model, tokenizer = load_subject_model(str(smollm2_gguf_path()), device="cpu")
+    coder = load_sparse_models(str(DEMO_SAE), ["layers.15"])["layers.15"]
+    check_dimensions(coder, hidden_size(model), "layers.15")
+    text = (
+        "The river Thames flows through London and into the North Sea. It has been an "
+        "important trade route for centuries, and many bridges cross it in the city. The "
+        "Python programming language was created by Guido van Rossum and first released in "
+        "1991. In 1969 the Apollo 11 mission landed the first humans on the Moon; Neil "
+        "Armstrong and Buzz Aldrin walked on the surface while Michael Collins orbited above."
+    )
+    x = tokenizer(text, return_tensors="pt").input_ids
+    hidden = forward_to_hooks(model, ["layers.15"], x)["layers.15"][0, 1:]  # drop position 0
+    acts = coder.encode(hidden)
+    fvu = (hidden - coder.decode(acts)).pow(2).sum() / (hidden - hidden.mean(0)).pow(2).sum()
+    assert ((acts > 0).sum(dim=1) <= coder.k).all()
+    metrics = json.loads((DEMO_SAE / "layers.15" / "metrics.json").read_text())
+    assert fvu.item() < FVU_BOUND, (fvu.item(), metrics["fvu"])
+
+
+FVU_BOUND = 0.35
