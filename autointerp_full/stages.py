@@ -95,7 +95,7 @@ def examples_stage(
         if not todo:
             log.info("examples for %s: all %d latents already built", hookpoint, len(latents))
             continue
-        builder = ExampleBuilder(cfg, reader, examples_dir)
+        builder = ExampleBuilder(cfg, reader, examples_dir, latents=latents)
         with Progress(len(todo), f"examples {hookpoint}", "latent") as progress:
             for latent in todo:
                 record = builder.build(latent)
