@@ -27,7 +27,7 @@ _BUILDERS = {
     ".parquet": "parquet",
 }
 _ITER_BATCH = 1000  # rows fetched from a dataset at a time
-_MAX_CHARS = 2_000_000  # text tokenised per call: bounds the memory of Python token lists
+_MAX_CHARS = 500_000  # text tokenised per call: bounds the memory of Python token lists
 
 
 def _builder_for(path: Path) -> str | None:

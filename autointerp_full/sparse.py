@@ -66,7 +66,9 @@ class SparseCoder(torch.nn.Module):
         self.W_dec = torch.nn.Parameter(torch.zeros(num_latents, self.d_out, **opts))
         self.b_dec = torch.nn.Parameter(torch.zeros(self.d_out, **opts))
         self.threshold = (
-            torch.nn.Parameter(torch.zeros(num_latents, **opts)) if activation == "jumprelu" else None
+            torch.nn.Parameter(torch.zeros(num_latents, **opts))
+            if activation == "jumprelu"
+            else None
         )
         # Input centring: sparsify and SAELens subtract b_dec itself, so no separate tensor.
         self.center_input = center_input
@@ -75,8 +77,10 @@ class SparseCoder(torch.nn.Module):
 
     def extra_repr(self) -> str:
         k = f", k={self.k}" if self.activation == "topk" else ""
-        return (f"d_in={self.d_in}, d_out={self.d_out}, num_latents={self.num_latents}, "
-                f"activation={self.activation}{k}, transcoder={self.transcoder}")
+        return (
+            f"d_in={self.d_in}, d_out={self.d_out}, num_latents={self.num_latents}, "
+            f"activation={self.activation}{k}, transcoder={self.transcoder}"
+        )
 
     # ------------------------------------------------------------------------------ encoding
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,8 +88,10 @@ class SparseCoder(torch.nn.Module):
         x = x.to(self.W_enc.dtype)
         if self.center_input:
             x = x - self.b_dec
-        return torch.addmm(self.b_enc, x, self.W_enc.T) if x.dim() == 2 else (
-            x @ self.W_enc.T + self.b_enc
+        return (
+            torch.addmm(self.b_enc, x, self.W_enc.T)
+            if x.dim() == 2
+            else (x @ self.W_enc.T + self.b_enc)
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,9 +105,7 @@ class SparseCoder(torch.nn.Module):
             acts = acts * (pre > self.threshold)
         return acts
 
-    def encode_sparse(
-        self, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The non-zero activations of inputs [N, d_in] as (rows, latents, values).
 
         Order is unspecified (row-major for relu/jumprelu; by strength within a row for topk).
@@ -135,8 +139,10 @@ def _fill(coder: SparseCoder, tensors: dict[str, torch.Tensor]) -> SparseCoder:
             if param is None:
                 continue
             if tuple(param.shape) != tuple(value.shape):
-                raise UserError(f"--sparse_model: tensor {name} has shape {tuple(value.shape)}, "
-                                f"expected {tuple(param.shape)}")
+                raise UserError(
+                    f"--sparse_model: tensor {name} has shape {tuple(value.shape)}, "
+                    f"expected {tuple(param.shape)}"
+                )
             param.copy_(value.to(param.dtype))
     coder.eval()
     coder.requires_grad_(False)
@@ -150,8 +156,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"--sparse_model: cannot read {path}: {exc}") from None
 
 
-def load_sparsify(folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
-                  ) -> SparseCoder:
+def load_sparsify(
+    folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> SparseCoder:
     """A sparsify (EleutherAI) SAE or transcoder from `folder/{cfg.json, sae.safetensors}`."""
     from safetensors.torch import load_file
 
@@ -160,26 +167,43 @@ def load_sparsify(folder: Path, *, device: str = "cpu", dtype: torch.dtype = tor
     num_latents, d_in = t["encoder.weight"].shape
     activation = cfg.get("activation", "topk")
     if activation not in ACTIVATIONS:
-        raise UserError(f"--sparse_model: activation {activation!r} in {folder / 'cfg.json'} is "
-                        f"not supported (supported: {', '.join(ACTIVATIONS)})")
+        raise UserError(
+            f"--sparse_model: activation {activation!r} in {folder / 'cfg.json'} is "
+            f"not supported (supported: {', '.join(ACTIVATIONS)})"
+        )
     if activation == "jumprelu" and "threshold" not in t:
         raise UserError(f"--sparse_model: jumprelu model in {folder} has no 'threshold' tensor")
     for key, value in (("d_in", d_in), ("num_latents", num_latents)):
         if cfg.get(key) not in (None, 0, value):
-            raise UserError(f"--sparse_model: {folder / 'cfg.json'} says {key}={cfg[key]} but the "
-                            f"weights have {value}")
+            raise UserError(
+                f"--sparse_model: {folder / 'cfg.json'} says {key}={cfg[key]} but the "
+                f"weights have {value}"
+            )
     transcoder = bool(cfg.get("transcode", False))
     coder = SparseCoder(
-        d_in, num_latents, d_out=t["W_dec"].shape[1], activation=activation, k=cfg.get("k"),
-        transcoder=transcoder, center_input=not transcoder, device=device, dtype=dtype,
+        d_in,
+        num_latents,
+        d_out=t["W_dec"].shape[1],
+        activation=activation,
+        k=cfg.get("k"),
+        transcoder=transcoder,
+        center_input=not transcoder,
+        device=device,
+        dtype=dtype,
     )
-    names = {"encoder.weight": "W_enc", "encoder.bias": "b_enc", "W_dec": "W_dec",
-             "b_dec": "b_dec", "threshold": "threshold"}
+    names = {
+        "encoder.weight": "W_enc",
+        "encoder.bias": "b_enc",
+        "W_dec": "W_dec",
+        "b_dec": "b_dec",
+        "threshold": "threshold",
+    }
     return _fill(coder, {ours: t[theirs] for theirs, ours in names.items() if theirs in t})
 
 
-def load_saelens(folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
-                 ) -> SparseCoder:
+def load_saelens(
+    folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> SparseCoder:
     """A SAELens SAE from `folder/{cfg.json, sae_weights.safetensors}`."""
     from safetensors.torch import load_file
 
@@ -196,8 +220,10 @@ def load_saelens(folder: Path, *, device: str = "cpu", dtype: torch.dtype = torc
     elif arch in ("standard", "relu", "transcoder") and fn == "relu":
         activation = "relu"
     else:
-        raise UserError(f"--sparse_model: SAELens architecture {arch!r} with activation {fn!r} "
-                        "is not supported (supported: standard/relu, jumprelu, topk)")
+        raise UserError(
+            f"--sparse_model: SAELens architecture {arch!r} with activation {fn!r} "
+            "is not supported (supported: standard/relu, jumprelu, topk)"
+        )
     norm = cfg.get("normalize_activations")
     if norm not in (None, "none"):
         raise UserError(f"--sparse_model: SAELens normalize_activations={norm!r} is not supported")
@@ -211,16 +237,22 @@ def load_saelens(folder: Path, *, device: str = "cpu", dtype: torch.dtype = torc
             raise UserError(f"--sparse_model: jumprelu model in {folder} has no threshold tensor")
     d_out = t["W_dec"].shape[1]
     coder = SparseCoder(
-        d_in, num_latents, d_out=d_out, activation=activation,
+        d_in,
+        num_latents,
+        d_out=d_out,
+        activation=activation,
         k=cfg.get("k") or fn_kwargs.get("k"),
         transcoder="transcoder" in arch or d_out != d_in or bool(cfg.get("transcode", False)),
-        center_input=bool(cfg.get("apply_b_dec_to_input", False)), device=device, dtype=dtype,
+        center_input=bool(cfg.get("apply_b_dec_to_input", False)),
+        device=device,
+        dtype=dtype,
     )
     return _fill(coder, tensors)
 
 
-def load_gemma_scope(folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
-                     ) -> SparseCoder:
+def load_gemma_scope(
+    folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> SparseCoder:
     """A Gemma Scope JumpReLU SAE from `folder/params.npz`."""
     import numpy as np
 
@@ -228,18 +260,35 @@ def load_gemma_scope(folder: Path, *, device: str = "cpu", dtype: torch.dtype = 
         t = {key: torch.from_numpy(np.asarray(npz[key], dtype=np.float32)) for key in npz.files}
     missing = {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"} - set(t)
     if missing:
-        raise UserError(f"--sparse_model: {folder / 'params.npz'} lacks {', '.join(sorted(missing))}")
+        raise UserError(
+            f"--sparse_model: {folder / 'params.npz'} lacks {', '.join(sorted(missing))}"
+        )
     d_in, num_latents = t["W_enc"].shape
     coder = SparseCoder(
-        d_in, num_latents, d_out=t["W_dec"].shape[1], activation="jumprelu",
-        device=device, dtype=dtype,
+        d_in,
+        num_latents,
+        d_out=t["W_dec"].shape[1],
+        activation="jumprelu",
+        device=device,
+        dtype=dtype,
     )
-    return _fill(coder, {"W_enc": t["W_enc"].T, "b_enc": t["b_enc"], "W_dec": t["W_dec"],
-                         "b_dec": t["b_dec"], "threshold": t["threshold"]})
+    return _fill(
+        coder,
+        {
+            "W_enc": t["W_enc"].T,
+            "b_enc": t["b_enc"],
+            "W_dec": t["W_dec"],
+            "b_dec": t["b_dec"],
+            "threshold": t["threshold"],
+        },
+    )
 
 
-_LOADERS = ((SPARSIFY_FILES, load_sparsify), (SAELENS_FILES, load_saelens),
-            (GEMMA_SCOPE_FILES, load_gemma_scope))
+_LOADERS = (
+    (SPARSIFY_FILES, load_sparsify),
+    (SAELENS_FILES, load_saelens),
+    (GEMMA_SCOPE_FILES, load_gemma_scope),
+)
 
 
 def _loader_for(folder: Path) -> Any:
@@ -251,8 +300,12 @@ def _loader_for(folder: Path) -> Any:
 
 def available_hookpoints(root: Path) -> list[str]:
     """Sub-folders of `root` (at any depth) that hold a sparse model in a known layout."""
-    found = {str(p.parent.relative_to(root)) for name in ("cfg.json", "params.npz")
-             for p in root.rglob(name) if p.parent != root and _loader_for(p.parent)}
+    found = {
+        str(p.parent.relative_to(root))
+        for name in ("cfg.json", "params.npz")
+        for p in root.rglob(name)
+        if p.parent != root and _loader_for(p.parent)
+    }
     return sorted(found)
 
 
@@ -267,8 +320,10 @@ def _download(repo: str, hookpoints: list[str], token: str | None) -> Path:
         text = " ".join(str(exc).split())[:200]
         if token:
             text = text.replace(token, "***")
-        raise UserError(f"--sparse_model: cannot fetch {repo!r} from the Hugging Face hub "
-                        f"({type(exc).__name__}: {text})") from None
+        raise UserError(
+            f"--sparse_model: cannot fetch {repo!r} from the Hugging Face hub "
+            f"({type(exc).__name__}: {text})"
+        ) from None
 
 
 def load_sparse_models(
@@ -299,8 +354,9 @@ def load_sparse_models(
         if loader is None:
             have = available_hookpoints(root)
             listed = ", ".join(have) if have else "none in a known layout"
-            raise UserError(f"--hookpoints: no sparse model for {hp!r} in {path}; "
-                            f"available: {listed}")
+            raise UserError(
+                f"--hookpoints: no sparse model for {hp!r} in {path}; available: {listed}"
+            )
         coders[hp] = loader(folder, device=device, dtype=dtype)
     return coders
 

@@ -189,10 +189,10 @@ def run_cache(config: str, hookpoint: str, cache_path: str) -> None:
 
 
 def run_plan(config: str, cache_uris: list[str], shard_size: int) -> list[dict[str, Any]]:
-    """The fan-out's work items, from the caches' latent counts (reading config.json only).
+    """The latent fan-out's work items, from the caches' latent counts (config.json only).
 
-    Each item carries the cache URIs too, since a fan-out task cannot read the output of
-    an earlier fan-out directly.
+    Each item carries the cache URIs and the config too: a task in a loop cannot read the
+    output of an earlier loop, and kfp.local mishandles other task outputs fed into a loop.
     """
     from autointerp_full import s3
     from autointerp_full.io import read_json
@@ -215,25 +215,27 @@ def run_plan(config: str, cache_uris: list[str], shard_size: int) -> list[dict[s
         raise UserError("plan: the cache artifacts hold no hookpoint config.json")
     ranges = plan_ranges(config, max(counts), shard_size)
     log.info("%d latent ranges of up to %d latents: %s", len(ranges), shard_size, ranges)
-    return [{"latent_range": r, "cache_uris": list(cache_uris)} for r in ranges]
+    return [{"latent_range": r, "cache_uris": list(cache_uris), "config": config} for r in ranges]
 
 
-def run_examples(config: str, shard: dict[str, Any], examples_path: str) -> dict[str, Any]:
-    """Fetch the cache shards covering shard["latent_range"] from every hookpoint's cache and
-    build the examples of those latents."""
+def run_examples(
+    config: str, cache_uris: list[str], latent_range: list[int], examples_path: str
+) -> dict[str, Any]:
+    """Fetch the cache shards covering `latent_range` from every hookpoint's cache and build
+    the examples of those latents."""
     from autointerp_full import s3
     from autointerp_full.schemas import validate_artifact
     from autointerp_full.stages import examples_stage
 
     _setup()
     cfg = config_from_json(config)
-    start, end = _range(shard)
+    start, end = _range(latent_range)
     # Co-occurrence neighbours compare every latent, so that source needs every shard.
     wanted = None if cfg.non_activating_source == "neighbours" else (start, end)
     with scratch_dir() as tmp:
         latents_dir = tmp / "latents"
         fetched = []
-        for uri in shard["cache_uris"]:
+        for uri in cache_uris:
             fetched += s3.fetch_cache(uri, latents_dir, wanted)
         validate_artifact("cache", latents_dir)
         examples_stage(cfg, latents_dir, Path(examples_path), (start, end))
@@ -264,7 +266,7 @@ def run_explain(
     config: str,
     examples_uri: str,
     examples_path: str,
-    shard: dict[str, Any],
+    latent_range: list[int],
     explanations_path: str,
     serve_in_step: bool,
 ) -> dict[str, Any]:
@@ -278,7 +280,7 @@ def run_explain(
         examples = s3.ensure_local(examples_uri, examples_path, tmp)
         validate_artifact("examples", examples)
         with llm_config(cfg, serve_in_step) as run_cfg:
-            explain_stage(run_cfg, examples, Path(explanations_path), _range(shard))
+            explain_stage(run_cfg, examples, Path(explanations_path), _range(latent_range))
     validate_artifact("explanations", Path(explanations_path))
     return {"explanations": len(list(Path(explanations_path).glob("*_latent_*.txt")))}
 
@@ -289,7 +291,7 @@ def run_score(
     examples_path: str,
     explanations_uri: str,
     explanations_path: str,
-    shard: dict[str, Any],
+    latent_range: list[int],
     scores_path: str,
     serve_in_step: bool,
 ) -> dict[str, Any]:
@@ -305,13 +307,13 @@ def run_score(
         validate_artifact("examples", examples)
         validate_artifact("explanations", explanations)
         with llm_config(cfg, serve_in_step) as run_cfg:
-            score_stage(run_cfg, examples, explanations, Path(scores_path), _range(shard))
+            score_stage(run_cfg, examples, explanations, Path(scores_path), _range(latent_range))
     validate_artifact("scores", Path(scores_path))
     return {"score_files": len(list(Path(scores_path).glob("*/*_latent_*.txt")))}
 
 
-def _range(shard: dict[str, Any]) -> tuple[int, int]:
-    start, end = shard["latent_range"]
+def _range(latent_range: list[int]) -> tuple[int, int]:
+    start, end = latent_range
     return int(start), int(end)
 
 

@@ -59,10 +59,14 @@ configure_op = component(_configure_function())
 # ---------------------------------------------------------------------- stages
 @component
 def hookpoints_op(config: str) -> list:
-    """The hookpoints to cache, one fan-out task each."""
+    """The cache fan-out's work items: {"hookpoint": ..., "config": ...} per hookpoint.
+
+    Each item carries the config, so tasks inside the loop take every input from the loop
+    item (kfp.local substitutes the loop item for any other task output fed into a loop).
+    """
     import json
 
-    return json.loads(config)["hookpoints"]
+    return [{"hookpoint": h, "config": config} for h in json.loads(config)["hookpoints"]]
 
 
 @component
@@ -77,37 +81,41 @@ def cache_op(config: str, hookpoint: str, cache: Output[Dataset]) -> str:
 
 @component
 def plan_op(config: str, cache_uris: list, shard_size: int) -> list:
-    """The fan-out's work items: {"latent_range": [start, end), "cache_uris": [...]}, each
-    range holding at most shard_size selected latents."""
+    """The latent fan-out's work items: {"latent_range": [start, end), "cache_uris": [...],
+    "config": ...}, each range holding at most shard_size selected latents."""
     from components.runtime import run_plan
 
     return run_plan(config, cache_uris, shard_size)
 
 
 @component
-def examples_op(config: str, shard: dict, examples: Output[Dataset]) -> None:
-    """Build the examples of shard["latent_range"], reading only the cache shards covering it.
+def examples_op(
+    config: str, cache_uris: list, latent_range: list, examples: Output[Dataset]
+) -> None:
+    """Build the examples of latent_range, reading only the cache shards covering it.
 
     The caches arrive by URI, not as input artifacts: the KFP launcher would copy each whole
     cache into the pod, while this step needs a few shards of it.
     """
     from components.runtime import run_examples
 
-    examples.metadata.update(run_examples(config, shard, examples.path))
+    examples.metadata.update(run_examples(config, cache_uris, latent_range, examples.path))
 
 
 @component
 def explain_op(
     config: str,
     examples: Input[Dataset],
-    shard: dict,
+    latent_range: list,
     explanations: Output[Dataset],
     serve_in_step: bool = False,
 ) -> None:
-    """Explain the latents of shard["latent_range"] with the explainer LLM."""
+    """Explain the latents of latent_range with the explainer LLM."""
     from components.runtime import run_explain
 
-    info = run_explain(config, examples.uri, examples.path, shard, explanations.path, serve_in_step)
+    info = run_explain(
+        config, examples.uri, examples.path, latent_range, explanations.path, serve_in_step
+    )
     explanations.metadata.update(info)
 
 
@@ -116,11 +124,11 @@ def score_op(
     config: str,
     examples: Input[Dataset],
     explanations: Input[Dataset],
-    shard: dict,
+    latent_range: list,
     scores: Output[Dataset],
     serve_in_step: bool = False,
 ) -> None:
-    """Score the explanations of shard["latent_range"] with every configured scorer."""
+    """Score the explanations of latent_range with every configured scorer."""
     from components.runtime import run_score
 
     info = run_score(
@@ -129,7 +137,7 @@ def score_op(
         examples.path,
         explanations.uri,
         explanations.path,
-        shard,
+        latent_range,
         scores.path,
         serve_in_step,
     )

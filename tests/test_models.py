@@ -57,7 +57,9 @@ def test_missing_local_path_names_param(tmp_path: Path) -> None:
 
 def test_unreachable_hub_id_names_param_and_hides_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="^--model: cannot load 'no-such-org/no-such-model'") as info:
+    with pytest.raises(
+        UserError, match="^--model: cannot load 'no-such-org/no-such-model'"
+    ) as info:
         load_subject_model("no-such-org/no-such-model", device="cpu", token="hf_topsecret42")
     assert "hf_topsecret42" not in str(info.value)
 

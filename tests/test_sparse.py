@@ -56,8 +56,12 @@ def ref_jumprelu(x, w, center=False):
 # Writers for each layout.
 def write_sparsify(folder: Path, w, activation="topk", k=6, transcode=False):
     folder.mkdir(parents=True, exist_ok=True)
-    t = {"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "W_dec": w["W_dec"],
-         "b_dec": w["b_dec"]}
+    t = {
+        "encoder.weight": w["W_enc"],
+        "encoder.bias": w["b_enc"],
+        "W_dec": w["W_dec"],
+        "b_dec": w["b_dec"],
+    }
     if activation == "jumprelu":
         t["threshold"] = w["threshold"]
     save_file({key: v.contiguous() for key, v in t.items()}, str(folder / "sae.safetensors"))
@@ -70,10 +74,18 @@ def write_saelens(folder: Path, w, architecture="standard", k=6, apply_b_dec=Tru
     t = {"W_enc": w["W_enc"].T, "b_enc": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
     if architecture == "jumprelu":
         t["threshold"] = w["threshold"]
-    save_file({key: v.contiguous() for key, v in t.items()}, str(folder / "sae_weights.safetensors"))
-    cfg = {"architecture": architecture, "d_in": D, "d_sae": L, "apply_b_dec_to_input": apply_b_dec,
-           "hook_name": "blocks.1.hook_resid_post", "normalize_activations": "none",
-           "activation_fn_str": "topk" if architecture == "topk" else "relu"}
+    save_file(
+        {key: v.contiguous() for key, v in t.items()}, str(folder / "sae_weights.safetensors")
+    )
+    cfg = {
+        "architecture": architecture,
+        "d_in": D,
+        "d_sae": L,
+        "apply_b_dec_to_input": apply_b_dec,
+        "hook_name": "blocks.1.hook_resid_post",
+        "normalize_activations": "none",
+        "activation_fn_str": "topk" if architecture == "topk" else "relu",
+    }
     if architecture == "topk":
         cfg["activation_fn_kwargs"] = {"k": k}
     (folder / "cfg.json").write_text(json.dumps(cfg))
@@ -81,27 +93,49 @@ def write_saelens(folder: Path, w, architecture="standard", k=6, apply_b_dec=Tru
 
 def write_gemma_scope(folder: Path, w):
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "params.npz", W_enc=w["W_enc"].T.numpy(), b_enc=w["b_enc"].numpy(),
-             W_dec=w["W_dec"].numpy(), b_dec=w["b_dec"].numpy(), threshold=w["threshold"].numpy())
+    np.savez(
+        folder / "params.npz",
+        W_enc=w["W_enc"].T.numpy(),
+        b_enc=w["b_enc"].numpy(),
+        W_dec=w["W_dec"].numpy(),
+        b_dec=w["b_dec"].numpy(),
+        threshold=w["threshold"].numpy(),
+    )
 
 
 CASES = {
-    "sparsify-topk": (lambda f, w: write_sparsify(f, w, "topk"),
-                      lambda x, w: ref_topk(x, w, 6, center=True)),
-    "sparsify-relu": (lambda f, w: write_sparsify(f, w, "relu"),
-                      lambda x, w: ref_relu(x, w, center=True)),
-    "sparsify-jumprelu": (lambda f, w: write_sparsify(f, w, "jumprelu"),
-                          lambda x, w: ref_jumprelu(x, w, center=True)),
-    "sparsify-transcoder": (lambda f, w: write_sparsify(f, w, "topk", transcode=True),
-                            lambda x, w: ref_topk(x, w, 6, center=False)),
-    "saelens-standard": (lambda f, w: write_saelens(f, w, "standard"),
-                         lambda x, w: ref_relu(x, w, center=True)),
-    "saelens-standard-nocenter": (lambda f, w: write_saelens(f, w, "standard", apply_b_dec=False),
-                                  lambda x, w: ref_relu(x, w, center=False)),
-    "saelens-jumprelu": (lambda f, w: write_saelens(f, w, "jumprelu", apply_b_dec=False),
-                         lambda x, w: ref_jumprelu(x, w)),
-    "saelens-topk": (lambda f, w: write_saelens(f, w, "topk"),
-                     lambda x, w: ref_topk(x, w, 6, center=True)),
+    "sparsify-topk": (
+        lambda f, w: write_sparsify(f, w, "topk"),
+        lambda x, w: ref_topk(x, w, 6, center=True),
+    ),
+    "sparsify-relu": (
+        lambda f, w: write_sparsify(f, w, "relu"),
+        lambda x, w: ref_relu(x, w, center=True),
+    ),
+    "sparsify-jumprelu": (
+        lambda f, w: write_sparsify(f, w, "jumprelu"),
+        lambda x, w: ref_jumprelu(x, w, center=True),
+    ),
+    "sparsify-transcoder": (
+        lambda f, w: write_sparsify(f, w, "topk", transcode=True),
+        lambda x, w: ref_topk(x, w, 6, center=False),
+    ),
+    "saelens-standard": (
+        lambda f, w: write_saelens(f, w, "standard"),
+        lambda x, w: ref_relu(x, w, center=True),
+    ),
+    "saelens-standard-nocenter": (
+        lambda f, w: write_saelens(f, w, "standard", apply_b_dec=False),
+        lambda x, w: ref_relu(x, w, center=False),
+    ),
+    "saelens-jumprelu": (
+        lambda f, w: write_saelens(f, w, "jumprelu", apply_b_dec=False),
+        lambda x, w: ref_jumprelu(x, w),
+    ),
+    "saelens-topk": (
+        lambda f, w: write_saelens(f, w, "topk"),
+        lambda x, w: ref_topk(x, w, 6, center=True),
+    ),
     "gemma-scope": (write_gemma_scope, lambda x, w: ref_jumprelu(x, w)),
 }
 
@@ -145,7 +179,12 @@ def test_single_model_folder_serves_one_hookpoint(tmp_path: Path) -> None:
 
 def test_conftest_sae_loads(tiny_sae_dir: Path) -> None:
     coder = load_sparse_models(str(tiny_sae_dir), ["layers.1"])["layers.1"]
-    assert (coder.d_in, coder.num_latents, coder.k, coder.activation) == (TINY_HIDDEN, 128, 8, "topk")
+    assert (coder.d_in, coder.num_latents, coder.k, coder.activation) == (
+        TINY_HIDDEN,
+        128,
+        8,
+        "topk",
+    )
     acts = coder.encode(torch.randn(10, TINY_HIDDEN))
     assert ((acts > 0).sum(dim=1) <= 8).all()
 
@@ -153,7 +192,9 @@ def test_conftest_sae_loads(tiny_sae_dir: Path) -> None:
 def test_missing_hookpoint_lists_available(tmp_path: Path) -> None:
     write_sparsify_sae(tmp_path, "layers.1")
     write_sparsify_sae(tmp_path, "layers.2")
-    with pytest.raises(UserError, match=r"--hookpoints: .*'layers\.9'.*available: layers\.1, layers\.2"):
+    with pytest.raises(
+        UserError, match=r"--hookpoints: .*'layers\.9'.*available: layers\.1, layers\.2"
+    ):
         load_sparse_models(str(tmp_path), ["layers.1", "layers.9"])
 
 

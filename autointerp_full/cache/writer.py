@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import struct
 import time
@@ -175,12 +176,56 @@ def _save_run(path: Path, run: Run, offsets: torch.Tensor, ctx_len: int, start: 
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
 
 
-def _load_slice(handle: Any, lo: int, hi: int, ctx_len: int) -> Run:
-    locations = handle.get_slice("locations")[lo:hi].long()
+class TensorFile:
+    """Reads slices of a safetensors file with plain positioned reads, not a memory map.
+
+    Mapped pages that were read stay counted in the process's resident memory until unmapped;
+    merging many chunks through mmap would make the writer's footprint grow with the cache.
+    """
+
+    _DTYPES = {"I32": "int32", "I64": "int64", "F16": "float16"}
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        (size,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
+        self.header = json.loads(os.pread(self.fd, size, 8))
+        self.data_start = 8 + size
+
+    def read(self, name: str, lo: int | None = None, hi: int | None = None) -> torch.Tensor:
+        """Rows [lo, hi) of tensor `name` (all rows by default)."""
+        import numpy as np
+        import torch
+
+        info = self.header[name]
+        dtype = np.dtype(self._DTYPES[info["dtype"]])
+        shape = info["shape"]
+        row = dtype.itemsize * math.prod(shape[1:])
+        lo = 0 if lo is None else lo
+        hi = shape[0] if hi is None else hi
+        begin = self.data_start + info["data_offsets"][0] + lo * row
+        raw = bytearray(max(0, hi - lo) * row)
+        if raw:
+            view = memoryview(raw)
+            done = 0
+            while done < len(raw):  # pread may return less than asked
+                chunk = os.pread(self.fd, len(raw) - done, begin + done)
+                if not chunk:
+                    raise OSError(f"unexpected end of file reading {name}")
+                view[done : done + len(chunk)] = chunk
+                done += len(chunk)
+        array = np.frombuffer(raw, dtype=dtype).reshape(max(0, hi - lo), *shape[1:])
+        return torch.from_numpy(array)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _load_slice(chunk: TensorFile, lo: int, hi: int, ctx_len: int) -> Run:
+    locations = chunk.read("locations", lo, hi).long()
     return Run(
-        latents=handle.get_slice("latents")[lo:hi],
+        latents=chunk.read("latents", lo, hi),
         flat=locations[:, 0] * ctx_len + locations[:, 1],
-        values=handle.get_slice("activations")[lo:hi],
+        values=chunk.read("activations", lo, hi),
     )
 
 
@@ -204,10 +249,9 @@ def merge_chunks(chunk_files: Sequence[Path], out: Path, start: int, end: int, c
     latents, each holding at most about MERGE_ENTRIES entries in memory.
     """
     import torch
-    from safetensors import safe_open
 
-    handles = [safe_open(str(f), framework="pt") for f in chunk_files]
-    chunk_offsets = [h.get_tensor("offsets") for h in handles]
+    handles = [TensorFile(f) for f in chunk_files]
+    chunk_offsets = [h.read("offsets") for h in handles]
     counts = sum((o[1:] - o[:-1] for o in chunk_offsets), torch.zeros(end - start, dtype=torch.long))
     offsets = torch.zeros(end - start + 1, dtype=torch.long)
     torch.cumsum(counts, 0, out=offsets[1:])
@@ -230,28 +274,44 @@ def merge_chunks(chunk_files: Sequence[Path], out: Path, start: int, end: int, c
             fh.write(head)
             fh.write(offsets.numpy().tobytes())
             fh.truncate(pos)
+
+            def put(first: int, run: Run) -> None:
+                loc = torch.stack([run.flat // ctx_len, run.flat % ctx_len], 1).int()
+                for name, tensor, width in (
+                    ("locations", loc, 8),
+                    ("latents", run.latents, 4),
+                    ("activations", run.values, 2),
+                ):
+                    fh.seek(base[name] + first * width)
+                    fh.write(tensor.contiguous().numpy().data)
+
             a = 0
             while a < end - start:
                 # Grow the block while it stays under the memory budget (at least one latent).
                 b = int(torch.searchsorted(offsets, offsets[a] + MERGE_ENTRIES, right=True)) - 1
                 b = min(max(b, a + 1), end - start)
-                runs = [
-                    _load_slice(h, int(o[a]), int(o[b]), ctx_len)
-                    for h, o in zip(handles, chunk_offsets)
-                ]
-                merged, _ = interleave(runs, start + a, start + b)
                 first = int(offsets[a])
-                loc = torch.stack([merged.flat // ctx_len, merged.flat % ctx_len], 1).int()
-                for name, tensor, width in (
-                    ("locations", loc, 8),
-                    ("latents", merged.latents, 4),
-                    ("activations", merged.values, 2),
-                ):
-                    fh.seek(base[name] + first * width)
-                    fh.write(tensor.contiguous().numpy().data)
+                if b == a + 1 and int(offsets[b]) - first > MERGE_ENTRIES:
+                    # One heavy latent: its chunks' slices follow each other in location
+                    # order, so copy them piece by piece.
+                    for h, o in zip(handles, chunk_offsets):
+                        for lo in range(int(o[a]), int(o[b]), MERGE_ENTRIES):
+                            hi = min(lo + MERGE_ENTRIES, int(o[b]))
+                            put(first, _load_slice(h, lo, hi, ctx_len))
+                            first += hi - lo
+                else:
+                    runs = [
+                        _load_slice(h, int(o[a]), int(o[b]), ctx_len)
+                        for h, o in zip(handles, chunk_offsets)
+                    ]
+                    put(first, interleave(runs, start + a, start + b)[0])
                 a = b
 
-    atomic_write(out, write)
+    try:
+        atomic_write(out, write)
+    finally:
+        for handle in handles:
+            handle.close()
     return n
 
 
