@@ -250,28 +250,18 @@ async def run_bounded(
     await asyncio.gather(*(worker() for _ in range(max(1, limit))))
 
 
-def record_usage(folder: Path, stage: str, client: LLMClient, seconds: float) -> None:
-    """Add this invocation's token usage to the stage folder's running totals."""
+def record_usage(folder: Path, client: LLMClient, seconds: float) -> None:
+    """Add this invocation's token usage (per stage: explain, detection, ...) to the totals
+    kept beside the stage's outputs, so a resumed run reports the whole run's usage."""
     path = Path(folder) / USAGE_FILE
     totals: dict[str, Any] = read_json(path) if path.exists() else {}
-    usage = client.usage.as_dict()
-    entry = totals.setdefault(stage, {})
-    for key, value in _flatten_usage(usage).items():
-        entry[key] = entry.get(key, 0) + value
-    entry["seconds"] = round(entry.get("seconds", 0) + seconds, 3)
+    for stage, counts in client.usage.as_dict().items():
+        entry = totals.setdefault(stage, {})
+        for key, value in counts.items():
+            if isinstance(value, (int, float)):
+                entry[key] = entry.get(key, 0) + value
+    totals["wall_seconds"] = round(totals.get("wall_seconds", 0) + seconds, 3)
     atomic_write_json(path, totals)
-
-
-def _flatten_usage(usage: dict[str, Any]) -> dict[str, float]:
-    """Sum numeric usage fields, whether the client reports them flat or per stage."""
-    flat: dict[str, float] = {}
-    for key, value in usage.items():
-        if isinstance(value, dict):
-            for k, v in _flatten_usage(value).items():
-                flat[k] = flat.get(k, 0) + v
-        elif isinstance(value, (int, float)):
-            flat[key] = flat.get(key, 0) + value
-    return flat
 
 
 async def llm_stages_async(
@@ -320,7 +310,7 @@ async def llm_stages_async(
     )
     # The usage lands beside the first output the invocation wrote.
     folder = explanations_dir if explanations_dir is not None else scores_dir
-    record_usage(Path(folder), what.replace(" and ", "+"), client, elapsed)
+    record_usage(Path(folder), client, elapsed)
 
 
 def _run_llm_stage(
@@ -380,11 +370,13 @@ def report_stage(cfg: RunConfig, run_dir: Path) -> Path:
     from autointerp_full.report import write_summary
 
     run_dir = Path(run_dir)
+    # Keyed by the folder the usage was recorded in: the CLI records both stages together in
+    # explanations/, the pipeline's steps record their own.
     usage: dict[str, Any] = {}
     for folder in ("explanations", "scores"):
         path = run_dir / folder / USAGE_FILE
         if path.exists():
-            usage.update(read_json(path))
+            usage[folder] = read_json(path)
     write_summary(run_dir, cfg, extra={"llm_usage": usage})
     if cfg.enable_visualization:
         from autointerp_full.report import write_html_report
