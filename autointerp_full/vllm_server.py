@@ -147,7 +147,8 @@ class VLLMServer:
             time.sleep(self.poll_interval)
 
     def stop(self) -> int | None:
-        """SIGTERM the server's process group, SIGKILL after `stop_timeout`; return its exit code."""
+        """SIGTERM the server's process group, SIGKILL after `stop_timeout`; return the exit
+        code (None when it was not running)."""
         process, self.process = self.process, None
         code = None
         if process is not None:
@@ -157,7 +158,9 @@ class VLLMServer:
                 try:
                     code = process.wait(timeout=self.stop_timeout)
                 except subprocess.TimeoutExpired:
-                    log.warning("LLM server ignored SIGTERM for %.0fs; killing it", self.stop_timeout)
+                    log.warning(
+                        "LLM server ignored SIGTERM for %.0fs; killing it", self.stop_timeout
+                    )
                     self._signal(process, signal.SIGKILL)
                     code = process.wait()
         if self._log_file is not None:

@@ -300,6 +300,7 @@ def main() -> None:
         metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
         metrics.update(evaluate(args.out, eval_acts))
         metrics["eval_rows_per_doc"] = EVAL_ROWS_PER_DOC
+        metrics["eval_device"] = str(device)
         atomic_write_json(folder / "metrics.json", metrics)
         log.info("re-measured %s: %s", folder, json.dumps(metrics))
         return
@@ -347,6 +348,7 @@ def main() -> None:
             "input_scale": scale,
             "seed": args.seed,
             "device": str(device),
+            "eval_device": str(device),
             "rows_per_doc": args.rows_per_doc,
             "eval_rows_per_doc": EVAL_ROWS_PER_DOC,
             "collect_seconds": round(t2 - t1, 1),

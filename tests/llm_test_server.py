@@ -265,3 +265,15 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def interp_responder(request: dict[str, Any]) -> str:
+    """Well-formed answers for every prompt the product sends, keyed on the system prompt."""
+    system = " ".join(m["content"] for m in request["messages"] if m["role"] == "system")
+    if "Find the intruder" in system:
+        return "2"
+    if "predict how strongly" in system:
+        return "1: 0\n2: 6\n3: 0"
+    if "Reply with only a list" in system:
+        return "[1, 0, 1, 0, 1]"
+    return "Some reasoning first.\n[EXPLANATION]: common short words such as 'the'"

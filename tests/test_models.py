@@ -185,15 +185,28 @@ def test_smollm2_gguf_with_demo_sae() -> None:
         "important trade route for centuries, and many bridges cross it in the city. The "
         "Python programming language was created by Guido van Rossum and first released in "
         "1991. In 1969 the Apollo 11 mission landed the first humans on the Moon; Neil "
-        "Armstrong and Buzz Aldrin walked on the surface while Michael Collins orbited above."
+        "Armstrong and Buzz Aldrin walked on the surface while Michael Collins orbited above. "
+        "Photosynthesis is the process by which green plants use sunlight, water and carbon "
+        "dioxide to make glucose and oxygen. The French Revolution began in 1789 with the "
+        "storming of the Bastille, and it changed the politics of Europe for decades. "
+        "Mount Everest, on the border between Nepal and China, is the highest mountain above "
+        "sea level, at 8,849 metres. Johann Sebastian Bach wrote hundreds of cantatas, the "
+        "Brandenburg Concertos and the Mass in B minor. The human heart has four chambers and "
+        "pumps blood through the arteries, capillaries and veins of the body. In football, "
+        "a team of eleven players tries to move the ball into the other team's goal without "
+        "using their hands or arms. The Great Wall of China was built over many centuries to "
+        "protect against raids from the north, and parts of it are more than 2,000 years old."
     )
     x = tokenizer(text, return_tensors="pt").input_ids
     hidden = forward_to_hooks(model, ["layers.15"], x)["layers.15"][0, 1:]  # drop position 0
     acts = coder.encode(hidden)
     fvu = (hidden - coder.decode(acts)).pow(2).sum() / (hidden - hidden.mean(0)).pow(2).sum()
+    assert x.shape[1] > 250
     assert ((acts > 0).sum(dim=1) <= coder.k).all()
     metrics = json.loads((DEMO_SAE / "layers.15" / "metrics.json").read_text())
     assert fvu.item() < FVU_BOUND, (fvu.item(), metrics["fvu"])
 
 
-FVU_BOUND = 0.35
+# Measured 0.184 on this text (0.167 on 50k held-out Wikipedia tokens, see docs/DEMO_SAE.md);
+# an untrained or wrongly loaded SAE gives about 1 or more.
+FVU_BOUND = 0.3

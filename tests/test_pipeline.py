@@ -133,10 +133,6 @@ def _responder(request: dict) -> str:
     return "[EXPLANATION]: common words such as the and a"
 
 
-def _task_dirs(root: Path, name: str) -> list[Path]:
-    return sorted(p for p in root.rglob(name) if p.is_dir() and p.parent.name.endswith("-op"))
-
-
 def test_pipeline_runs_locally(
     tmp_path: Path,
     tiny_model_dir: Path,
@@ -179,27 +175,34 @@ def test_pipeline_runs_locally(
             model=str(tiny_model_dir),
             sparse_model=str(tiny_sae_dir),
             hookpoints=["layers.1"],
-            max_latents=4,
+            max_latents=16,  # latents 2, 4, 8, 10 and 15 fire in the tiny cache
             explainer_model="test-model",
             explainer_api_base_url=server.url,
             scorers=["detection"],
-            shard_size=2,
+            shard_size=8,
         )
         assert server.chat_requests > 0
 
-    # Two latent ranges: each shard's artifacts hold only its own latents.
-    examples = _task_dirs(root, "examples")
-    assert len(examples) == 2
-    seen = sorted(int(p.stem.rsplit("_", 1)[1]) for d in examples for p in d.glob("*.json")
-                  if "_latent_" in p.name)  # fmt: skip
-    assert seen and set(seen) <= {0, 1, 2, 3} and len(seen) == len(set(seen))
-    scores = [p for d in _task_dirs(root, "scores") for p in d.glob("detection/*.txt")]
-    assert len(scores) == len(seen)
+    # Two latent ranges; each range's examples hold only latents of that range.
+    ranges = {}
+    for out in root.rglob("examples-op/executor_output.json"):
+        meta = json.loads(out.read_text())["artifacts"]["examples"]["artifacts"][0]["metadata"]
+        ranges[tuple(meta["latent_range"])] = out.parent / "examples"
+    assert sorted(ranges) == [(0, 8), (8, 16)]
+    built = []
+    for (start, end), folder in ranges.items():
+        ids = [int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("*_latent_*.json")]
+        assert all(start <= i < end for i in ids)
+        built += ids
+    assert built, "no latent had enough examples"
+    explained = [p for p in root.rglob("explanations/*_latent_*.txt")]
+    scores = [p for p in root.rglob("scores/detection/*_latent_*.txt")]
+    assert len(explained) == len(scores) == len(built)
     summary = json.loads(next(root.rglob("summary/summary.json")).read_text())
-    assert set(summary["scorers"]) == {"detection"}
+    assert summary["scorers"]["detection"]["overall"]["n_scored"] == len(built)
     run_config = json.loads(next(root.rglob("summary/run_config.json")).read_text())
     assert run_config["model"] == str(tiny_model_dir) and "hf_token" not in run_config
-    assert "<table>" in next(p for p in root.rglob("report") if p.is_file()).read_text()
+    assert "<table>" in next(p for p in root.rglob("report-op/report") if p.is_file()).read_text()
     outputs = json.loads(next(root.rglob("report-op/executor_output.json")).read_text())
     metrics = outputs["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert any(k.startswith("scorers.detection.") for k in metrics)
+    assert metrics["scorers.detection.overall.n_scored"] == len(built)
