@@ -133,6 +133,8 @@ def _responder(request: dict) -> str:
     return "[EXPLANATION]: common words such as the and a"
 
 
+@pytest.mark.filterwarnings("ignore:.*have no effect in the current local runner:UserWarning")
+@pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")
 def test_pipeline_runs_locally(
     tmp_path: Path,
     tiny_model_dir: Path,
@@ -206,3 +208,85 @@ def test_pipeline_runs_locally(
     outputs = json.loads(next(root.rglob("report-op/executor_output.json")).read_text())
     metrics = outputs["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert metrics["scorers.detection.overall.n_scored"] == len(built)
+
+
+# ----------------------------------------------------------------------- submit
+
+
+class FakeKFPClient:
+    """Records what submit.py asks of kfp.Client (a test double of the KFP API)."""
+
+    def __init__(self, final_state: str = "SUCCEEDED") -> None:
+        self.final_state = final_state
+        self.calls: list[tuple[str, dict]] = []
+
+    def create_run_from_pipeline_package(self, package: str, **kw: object) -> object:
+        self.calls.append(("run", {"package": package, **kw}))
+        return type("Result", (), {"run_id": "r-1"})()
+
+    def wait_for_run_completion(self, run_id: str, timeout: int) -> object:
+        self.calls.append(("wait", {"run_id": run_id, "timeout": timeout}))
+        return type("Run", (), {"state": self.final_state})()
+
+    def create_experiment(self, name: str, namespace: str) -> object:
+        return type("Experiment", (), {"experiment_id": f"exp-{name}"})()
+
+    def create_recurring_run(self, **kw: object) -> object:
+        self.calls.append(("schedule", kw))
+        return type("Job", (), {"recurring_run_id": "j-1"})()
+
+
+def submit(argv: list[str], client: FakeKFPClient) -> int:
+    from pipelines.submit import main
+
+    return main(argv, client_factory=lambda host, ns: client)
+
+
+def test_submit_run_waits_and_reports_state(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KFP_HOST", "http://kfp.test")
+    monkeypatch.setenv("KFP_NAMESPACE", "team")
+    client = FakeKFPClient()
+    argv = ["run", "--param", "max_latents=20", "--param", 'hookpoints=["layers.3"]',
+            "--param", "model=org/model", "--wait"]  # fmt: skip
+    assert submit(argv, client) == 0
+    kind, call = client.calls[0]
+    assert kind == "run" and call["namespace"] == "team"
+    assert call["arguments"] == {
+        "max_latents": 20,
+        "hookpoints": ["layers.3"],
+        "model": "org/model",
+    }
+    assert call["service_account"] == "autointerp-pipeline-runner"
+    assert client.calls[1] == ("wait", {"run_id": "r-1", "timeout": 86400})
+    assert submit(argv, FakeKFPClient("FAILED")) == 1
+
+
+def test_submit_rejects_bad_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    client = FakeKFPClient()
+    assert submit(["run", "--namespace", "x"], client) == 2
+    assert "--host" in capsys.readouterr().err
+    base = ["--host", "http://kfp.test", "--namespace", "x"]
+    assert submit(["run", *base, "--param", "nope=1"], client) == 2
+    assert "not a pipeline parameter" in capsys.readouterr().err
+    assert submit(["run", *base, "--param", "hf_token=abc"], client) == 2
+    assert "Kubernetes Secrets" in capsys.readouterr().err
+    assert submit(["schedule", *base, "--cron", "0 3 * * *", "--job-name", "n"], client) == 2
+    err = capsys.readouterr().err
+    assert "expected 6 fields" in err and err.count("\n") == 1
+    assert client.calls == []
+
+
+def test_submit_schedule_six_field_cron(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = FakeKFPClient()
+    argv = ["schedule", "--host", "http://kfp.test", "--namespace", "team", "--cron",
+            "0 0 3 * * *", "--job-name", "nightly", "--param", "shard_size=32"]  # fmt: skip
+    assert submit(argv, client) == 0
+    kind, call = client.calls[0]
+    assert kind == "schedule" and call["cron_expression"] == "0 0 3 * * *"
+    assert call["experiment_id"] == "exp-autointerp" and call["no_catchup"] is True
+    assert call["params"] == {"shard_size": 32}

@@ -98,7 +98,7 @@ def sort_batch(
     ctx_len: int,
     keep: torch.Tensor | None = None,
 ) -> Run:
-    """Sort one batch's non-zeros by (latent, row) on their device, then move them to the host.
+    """Sort one batch's non-zeros by (latent, row), on their device.
 
     `rows` index the batch's n_pos = B * T flattened positions; `keep` is a [B * T] bool mask of
     positions to keep (filter_bos).
@@ -112,11 +112,26 @@ def sort_batch(
         rows, latents, values = rows[mask], latents[mask], values[mask]
     order = torch.argsort(latents * n_pos + rows)
     values = values[order].float().clamp_(-_FP16_MAX, _FP16_MAX).half()
-    return Run(
-        latents=latents[order].int().cpu(),
-        flat=(rows[order] + row_offset * ctx_len).cpu(),
-        values=values.cpu(),
-    )
+    return Run(latents=latents[order].int(), flat=rows[order] + row_offset * ctx_len, values=values)
+
+
+def merge_runs(runs: Sequence[Run], num_latents: int) -> Run:
+    """Runs (each sorted, in location order) as one host run sorted by (latent, location).
+
+    On an accelerator a stable sort by latent is cheapest; on the CPU, `interleave` avoids the
+    sort altogether.
+    """
+    import torch
+
+    if runs and runs[0].latents.device.type != "cpu":
+        latents = torch.cat([r.latents for r in runs])
+        order = torch.sort(latents, stable=True).indices
+        return Run(
+            latents=latents[order].cpu(),
+            flat=torch.cat([r.flat for r in runs])[order].cpu(),
+            values=torch.cat([r.values for r in runs])[order].cpu(),
+        )
+    return interleave(runs, 0, num_latents)[0]
 
 
 def interleave(runs: Sequence[Run], start: int, end: int) -> tuple[Run, torch.Tensor]:
@@ -359,25 +374,69 @@ class HookpointCache:
         self.runs.append(run)
         self.buffered += len(run.latents)
 
-    def flush(self, rows_done: int, n_seqs: int, ctx_len: int) -> None:
-        """Write the buffered runs as one chunk per shard, then record progress atomically."""
+    @property
+    def max_runs(self) -> int:
+        # interleave() keeps a [runs, latents] count table: keep it near 16 MB.
+        return max(2, min(CHUNK_RUNS, 2**21 // max(1, self.num_latents)))
+
+    def flush(self, rows_done: int, n_seqs: int, ctx_len: int, saver: Saver) -> None:
+        """Write the buffered runs as one chunk per shard, then record progress atomically.
+
+        The files are written by `saver` in the background while the model goes on.
+        """
         import torch
 
         if rows_done <= self.rows_done:
             return
+        merged = merge_runs(self.runs, self.num_latents)
+        self.runs, self.buffered = [], 0
+        starts = [start for start, _ in self.bounds] + [self.num_latents]
+        cuts = torch.searchsorted(merged.latents, torch.tensor(starts, dtype=torch.int32)).tolist()
+        parts = []
         for i, (start, end) in enumerate(self.bounds):
-            parts = []
-            for run in self.runs:
-                lo, hi = torch.searchsorted(
-                    run.latents, torch.tensor([start, end], dtype=torch.int32)
-                ).tolist()
-                parts.append(Run(run.latents[lo:hi], run.flat[lo:hi], run.values[lo:hi]))
-            merged, offsets = interleave(parts, start, end)
-            _save_run(self.chunk_file(self.chunks, i), merged, offsets, ctx_len, start, end)
+            lo, hi = cuts[i], cuts[i + 1]
+            part = Run(merged.latents[lo:hi], merged.flat[lo:hi], merged.values[lo:hi])
+            bounds = torch.arange(start, end + 1, dtype=torch.int32)
+            offsets = torch.searchsorted(part.latents, bounds).long()
+            parts.append((self.chunk_file(self.chunks, i), part, offsets, start, end))
         self.chunks += 1
         self.rows_done = rows_done
-        self.runs, self.buffered = [], 0
-        atomic_write_json(self.partial / MANIFEST, self.manifest(n_seqs, ctx_len))
+        manifest_path, manifest = self.partial / MANIFEST, self.manifest(n_seqs, ctx_len)
+
+        def save() -> None:
+            for path, part, offsets, start, end in parts:
+                _save_run(path, part, offsets, ctx_len, start, end)
+            atomic_write_json(manifest_path, manifest)  # only now do these rows count as done
+
+        saver.submit(save)
+
+
+class Saver:
+    """Runs file writes on one background thread, at most one at a time (bounded memory).
+
+    A failed write re-raises in the caller at the next submit() or at close().
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
+        self._pending: Any = None
+
+    def submit(self, fn: Any) -> None:
+        self.wait()
+        self._pending = self._pool.submit(fn)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 # --------------------------------------------------------------------------- reuse decisions
@@ -437,9 +496,14 @@ def _resume_state(state: HookpointCache, n_seqs: int | None) -> bool:
         log.info("discarding partial cache in %s: %s", state.folder, why)
         shutil.rmtree(state.partial)
         return False
+    merged = list(manifest.get("merged", []))
+    if any(not (state.folder / shard_name(i)).exists() for i in merged):
+        log.info("discarding partial cache in %s: a merged shard is missing", state.folder)
+        shutil.rmtree(state.partial)
+        return False
     state.rows_done = int(manifest["rows_done"])
     state.chunks = int(manifest["chunks"])
-    state.merged = list(manifest.get("merged", []))
+    state.merged = merged
     # Chunk files written after the last manifest update belong to no recorded chunk.
     for path in state.partial.glob("chunk_*.safetensors"):
         if int(path.name.split("_")[1]) >= state.chunks:
@@ -489,7 +553,9 @@ def run_model(
     hookpoints = [s.hookpoint for s in pending]
     inputs = frozenset(s.hookpoint for s in pending if getattr(s.coder, "transcoder", False))
     began = time.perf_counter()
-    with Progress((n_seqs - start) * ctx_len, "caching activations", unit="tok") as progress:
+    saver = Saver()
+    progress = Progress((n_seqs - start) * ctx_len, "caching activations", unit="tok")
+    try:
         for row in range(start, n_seqs, batch_size):
             batch = tokens[row : row + batch_size].to(device=device, dtype=torch.long)
             with torch.inference_mode():
@@ -500,10 +566,14 @@ def run_model(
             done = min(row + batch_size, n_seqs)
             progress.update((done - row) * ctx_len)
             if done == n_seqs or any(
-                s.buffered >= CHUNK_ENTRIES or len(s.runs) >= CHUNK_RUNS for s in pending
+                s.buffered >= CHUNK_ENTRIES or len(s.runs) >= s.max_runs for s in pending
             ):
                 for s in pending:
-                    s.flush(done, n_seqs, ctx_len)
+                    s.flush(done, n_seqs, ctx_len, saver)
+    finally:
+        # Even on Ctrl-C, let the chunk being written finish so that its manifest is true.
+        progress.close()
+        saver.close()
     return time.perf_counter() - began
 
 
@@ -515,9 +585,12 @@ def finish(state: HookpointCache, tokens_file: Path, config: dict[str, Any], n_s
         out = state.folder / shard_name(i)
         if i not in state.merged or not out.exists():
             files = [state.chunk_file(c, i) for c in range(state.chunks)]
-            merge_chunks(files, out, start, end, ctx_len)
-            for f in files:
-                f.unlink()
+            if len(files) == 1:
+                os.replace(files[0], out)  # a chunk already has the shard format
+            else:
+                merge_chunks(files, out, start, end, ctx_len)
+                for f in files:
+                    f.unlink()
             state.merged.append(i)
             atomic_write_json(state.partial / MANIFEST, state.manifest(n_seqs, ctx_len))
         shards.append({"file": shard_name(i), "start": start, "end": end,
