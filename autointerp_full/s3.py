@@ -217,5 +217,6 @@ def ensure_local(uri: str, path: str | os.PathLike, scratch: Path, client: Any =
     import hashlib
 
     target = Path(scratch) / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target.mkdir(parents=True, exist_ok=True)  # an empty artifact has no objects at all
     download_prefix(uri, target, client)
     return target

@@ -84,8 +84,8 @@ def validate_artifact(kind: str, path: Path) -> None:
 
 
 def _validate_cache(path: Path) -> None:
-    if path.is_file():
-        _check_cache_config(path)
+    if path.is_file():  # the config alone, e.g. fetched without the data files
+        _check_cache_config(path, with_files=False)
         return
     if (path / "config.json").exists():
         _check_cache_config(path / "config.json")
@@ -99,7 +99,7 @@ def _validate_cache(path: Path) -> None:
         _check_cache_config(config)
 
 
-def _check_cache_config(config_path: Path) -> None:
+def _check_cache_config(config_path: Path, with_files: bool = True) -> None:
     data = _read_json(config_path)
     check("cache", data, str(config_path))
     if data["hookpoint"] != config_path.parent.name:
@@ -107,7 +107,7 @@ def _check_cache_config(config_path: Path) -> None:
             f"{config_path}: hookpoint {data['hookpoint']!r} does not match its folder "
             f"{config_path.parent.name!r}"
         )
-    if not (config_path.parent / "tokens.safetensors").exists():
+    if with_files and not (config_path.parent / "tokens.safetensors").exists():
         raise UserError(f"{config_path.parent}: tokens.safetensors is missing")
     shards = data["shards"]
     if isinstance(shards, list):

@@ -203,7 +203,8 @@ def run_plan(config: str, cache_uris: list[str], shard_size: int) -> list[dict[s
         counts = []
         for i, uri in enumerate(cache_uris):
             if s3.is_remote(uri):
-                names = [n for n in s3.list_objects(uri) if n.endswith("/config.json")]
+                names = [n for n in s3.list_objects(uri) if n.count("/") == 1
+                         and n.endswith("/config.json")]  # fmt: skip
                 s3.download_objects(uri, names, tmp / str(i))
                 configs = [tmp / str(i) / n for n in names]
             else:

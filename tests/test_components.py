@@ -72,6 +72,10 @@ def test_cache_validation(tmp_path: Path) -> None:
     write_cache(tmp_path / "latents" / "layers.1")
     validate_artifact("cache", tmp_path / "latents")
     validate_artifact("cache", tmp_path / "latents" / "layers.1")
+    (tmp_path / "latents" / "layers.1" / "tokens.safetensors").unlink()
+    validate_artifact("cache", tmp_path / "latents" / "layers.1" / "config.json")  # JSON only
+    with pytest.raises(UserError, match="tokens.safetensors is missing"):
+        validate_artifact("cache", tmp_path / "latents")
     bad = write_cache(tmp_path / "b" / "layers.2", num_latents="ten")
     with pytest.raises(UserError, match=r"config.json: does not match the cache schema at num_lat"):
         validate_artifact("cache", bad)

@@ -135,6 +135,9 @@ def test_ensure_local_downloads_missing_list_members(s3_env: str, tmp_path: Path
     assert (got / "detection" / "a_latent_1.txt").read_text() == "{}"
     present = tmp_path / "scores"
     assert s3.ensure_local(uri, present, tmp_path / "scratch") == present
+    nothing = f"s3://{BUCKET}/runs/r3/explain-op/explanations"  # an artifact with no files
+    empty = s3.ensure_local(nothing, tmp_path / "n", tmp_path)
+    assert empty.is_dir() and not any(empty.iterdir())
 
 
 def test_shard_ranges_from_a_bare_count() -> None:
@@ -156,3 +159,34 @@ def test_errors_name_the_object(s3_env: str, tmp_path: Path) -> None:
     assert not list((tmp_path / "y").rglob("*.part"))
     with pytest.raises(UserError, match="not an s3:// URI"):
         s3.split_uri("/local/path")
+
+
+def test_examples_step_reads_a_real_cache_from_s3(
+    s3_env: str, tmp_path: Path, tiny_model_dir: Path, tiny_sae_dir: Path, tiny_corpus: Path
+) -> None:
+    """The component side: plan and examples work from an s3:// cache URI, fetching 3 objects."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from autointerp_full.config import RunConfig
+    from autointerp_full.stages import cache_stage
+    from components.runtime import run_examples, run_plan
+
+    cfg = RunConfig(
+        model=str(tiny_model_dir), sparse_model=str(tiny_sae_dir), hookpoints=["layers.1"],
+        dataset_repo=str(tiny_corpus), dataset_split="train", n_tokens=2000, batch_size=8,
+        cache_ctx_len=32, n_splits=4, min_examples=2, n_examples_train=2, n_examples_test=2,
+        n_non_activating=2, example_ctx_len=8, device="cpu", pipeline_num_proc=1, max_latents=16,
+    )  # fmt: skip
+    cache_stage(cfg, tmp_path / "cache")
+    uri = f"s3://{BUCKET}/runs/r4/cache-op/cache"
+    s3.upload_folder(tmp_path / "cache", uri)
+
+    config = cfg.to_json()
+    items = run_plan(config, [uri], 8)
+    assert [i["latent_range"] for i in items] == [[0, 8], [8, 16]]
+    info = run_examples(config, [uri], [8, 16], str(tmp_path / "examples"))
+    # 128 latents in 4 shards of 32: [8, 16) needs config.json, tokens and shard_0 only.
+    assert info["objects_fetched"] == 3
+    built = sorted(p.name for p in (tmp_path / "examples").glob("*_latent_*.json"))
+    assert built and all(8 <= int(n.split("_")[-1].split(".")[0]) < 16 for n in built)
