@@ -1,8 +1,8 @@
 """Text datasets (hub or local files) and their tokenisation into fixed-length rows.
 
 `load_texts` reads a hub dataset or local txt/jsonl/json/parquet files (optionally gzipped) with
-the same split syntax (`train`, `train[:1%]`, `train[10:200]`) for both. `tokenize_rows` turns a
-stream of documents into an int32 [n_rows, ctx_len] tensor, tokenising only as much text as it needs.
+the same split syntax (`train`, `train[:1%]`, `train[10:200]`) for both. `tokenize_rows` turns
+a stream of documents into an int32 [n_rows, ctx_len] tensor, tokenising only what it needs.
 """
 
 from __future__ import annotations
@@ -59,8 +59,10 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
         )
     if len(by_builder) > 1:
         kinds = ", ".join(f"{len(v)} {k}" for k, v in sorted(by_builder.items()))
-        raise UserError(f"--dataset_repo: folder {str(path)!r} mixes file types ({kinds}); "
-                        "keep one type per folder")
+        raise UserError(
+            f"--dataset_repo: folder {str(path)!r} mixes file types ({kinds}); "
+            "keep one type per folder"
+        )
     ((builder, files),) = by_builder.items()
     return builder, files
 
@@ -79,12 +81,16 @@ def _check_split(split: str) -> Any:
     try:
         return datasets.ReadInstruction.from_spec(split)
     except (ValueError, AssertionError) as exc:
-        raise UserError(f"--dataset_split: invalid split {split!r}: {_one_line(exc, None)}") from None
+        raise UserError(
+            f"--dataset_split: invalid split {split!r}: {_one_line(exc, None)}"
+        ) from None
 
 
 def _is_split_error(exc: BaseException) -> bool:
     text = str(exc).lower()
-    return "split" in text and ("unknown" in text or "bad split" in text or "should be one of" in text)
+    return "split" in text and (
+        "unknown" in text or "bad split" in text or "should be one of" in text
+    )
 
 
 def _load_local(path: Path, split: str, num_proc: int) -> Any:
@@ -102,9 +108,13 @@ def _load_local(path: Path, split: str, num_proc: int) -> Any:
                 f"--dataset_split: {split!r} does not exist for local files (use 'train', "
                 f"optionally sliced, e.g. train[:10%]): {_one_line(exc, None)}"
             ) from None
-        raise UserError(f"--dataset_repo: cannot read {str(path)!r}: {_one_line(exc, None)}") from None
+        raise UserError(
+            f"--dataset_repo: cannot read {str(path)!r}: {_one_line(exc, None)}"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - pyarrow/json errors have no common base
-        raise UserError(f"--dataset_repo: cannot read {str(path)!r}: {_one_line(exc, None)}") from None
+        raise UserError(
+            f"--dataset_repo: cannot read {str(path)!r}: {_one_line(exc, None)}"
+        ) from None
 
 
 def _load_hub(repo: str, split: str, token: str | None, num_proc: int) -> Any:
@@ -117,18 +127,22 @@ def _load_hub(repo: str, split: str, token: str | None, num_proc: int) -> Any:
         splits = builder.info.splits or {}
         sizes = {name: info.num_examples for name, info in splits.items() if info.num_examples}
     except Exception as exc:  # noqa: BLE001 - hub errors come in many types
-        raise UserError(f"--dataset_repo: cannot open dataset {repo!r}: {_one_line(exc, token)}") from None
+        raise UserError(
+            f"--dataset_repo: cannot open dataset {repo!r}: {_one_line(exc, token)}"
+        ) from None
     names = [ri.splitname for ri in instruction._relative_instructions]
     unknown = [n for n in names if splits and n not in splits]
     if unknown:
-        raise UserError(f"--dataset_split: no split {unknown[0]!r} in {repo!r}; splits: "
-                        f"{', '.join(splits)}")
+        raise UserError(
+            f"--dataset_split: no split {unknown[0]!r} in {repo!r}; splits: {', '.join(splits)}"
+        )
     if all(n in sizes for n in names):
         # Stream only the rows the split asks for: no full download for train[:1%].
         parts = []
         for absolute in instruction.to_absolute(sizes):
-            stream = datasets.load_dataset(repo, split=absolute.splitname, streaming=True,
-                                           token=token)
+            stream = datasets.load_dataset(
+                repo, split=absolute.splitname, streaming=True, token=token
+            )
             start = absolute.from_ or 0
             stop = absolute.to if absolute.to is not None else sizes[absolute.splitname]
             parts.append(stream.skip(start).take(max(0, stop - start)))
@@ -263,7 +277,10 @@ def tokenize_rows(
     if got_rows < n_rows:
         log.warning(
             "the dataset ran out: %d tokens in %d rows instead of the %d tokens asked for by "
-            "--n_tokens", got_rows * ctx_len, got_rows, n_rows * ctx_len,
+            "--n_tokens",
+            got_rows * ctx_len,
+            got_rows,
+            n_rows * ctx_len,
         )
     if bos is None:
         return torch.from_numpy(stream[: got_rows * body].reshape(got_rows, ctx_len))

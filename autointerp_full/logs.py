@@ -16,7 +16,6 @@ def setup_logging(verbose: bool = True) -> None:
     root = logging.getLogger("autointerp_full")
     root.handlers[:] = [handler]
     root.setLevel(level)
-    root.propagate = False
 
 
 def format_duration(seconds: float) -> str:

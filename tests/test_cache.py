@@ -146,8 +146,9 @@ def test_shard_layout(tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path):
             assert fh.get_tensor("activations").dtype == torch.float16
             assert (latents[1:] >= latents[:-1]).all()
             assert len(offsets) == shard["end"] - shard["start"] + 1 and offsets[-1] == shard["n"]
-            expected = torch.bincount(latents.long() - shard["start"],
-                                      minlength=shard["end"] - shard["start"])
+            expected = torch.bincount(
+                latents.long() - shard["start"], minlength=shard["end"] - shard["start"]
+            )
             assert torch.equal(offsets[1:] - offsets[:-1], expected)
 
 
@@ -158,20 +159,22 @@ def test_multiple_hookpoints_share_one_pass(tiny_model_dir, tiny_corpus, tmp_pat
     cfg = make_cfg(tiny_model_dir, sae, tiny_corpus, hookpoints=[HOOK, "layers.2"])
     both = build_cache(cfg, tmp_path / "both")
     assert calls["n"] == N_TOKENS // CTX // cfg.batch_size  # one pass for both hookpoints
-    alone = build_cache(make_cfg(tiny_model_dir, sae, tiny_corpus, hookpoints=["layers.2"]),
-                        tmp_path / "alone")
+    alone = build_cache(
+        make_cfg(tiny_model_dir, sae, tiny_corpus, hookpoints=["layers.2"]), tmp_path / "alone"
+    )
     assert_same_cache(both["layers.2"], alone["layers.2"])
 
 
 def test_filter_bos_drops_bos_positions(tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path):
-    plain = CacheReader(build_cache(make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus),
-                                    tmp_path / "plain")[HOOK])
+    plain = CacheReader(
+        build_cache(make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus), tmp_path / "plain")[HOOK]
+    )
     cfg = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus, filter_bos=True)
     filtered = CacheReader(build_cache(cfg, tmp_path / "filtered")[HOOK])
     tokens = filtered.tokens()
     bos = filtered.config["bos_token_id"]
     is_bos = (tokens == bos).reshape(-1)
-    assert is_bos[:: CTX].all()  # every row starts with BOS
+    assert is_bos[::CTX].all()  # every row starts with BOS
     dropped = 0
     for latent in range(filtered.num_latents):
         loc_p, act_p = plain.latent(latent)
@@ -214,8 +217,9 @@ def assert_same_cache(a: Path, b: Path) -> None:
     assert ca == cb
 
 
-def test_reuse_skips_the_model(tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path, monkeypatch,
-                               caplog):
+def test_reuse_skips_the_model(
+    tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path, monkeypatch, caplog
+):
     cfg = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus)
     build_cache(cfg, tmp_path)
 
@@ -229,8 +233,9 @@ def test_reuse_skips_the_model(tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_pa
     assert cache_is_complete(folders[HOOK])
 
 
-def test_key_change_recomputes_and_names_the_field(tiny_model_dir, tiny_corpus, tiny_sae_dir,
-                                                     tmp_path, caplog):
+def test_key_change_recomputes_and_names_the_field(
+    tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path, caplog
+):
     build_cache(make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus), tmp_path)
     cfg = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus, n_tokens=N_TOKENS // 2)
     with caplog.at_level(logging.INFO, logger="autointerp_full"):
@@ -240,8 +245,9 @@ def test_key_change_recomputes_and_names_the_field(tiny_model_dir, tiny_corpus, 
     assert reader.config["n_tokens"] == N_TOKENS // 2 and reader.tokens().shape[0] == 1024 // CTX
 
 
-def test_overwrite_forces_recompute(tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path,
-                                    monkeypatch, caplog):
+def test_overwrite_forces_recompute(
+    tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path, monkeypatch, caplog
+):
     cfg = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus)
     build_cache(cfg, tmp_path)
     calls = count_forward_calls(monkeypatch)
@@ -251,8 +257,9 @@ def test_overwrite_forces_recompute(tiny_model_dir, tiny_corpus, tiny_sae_dir, t
     assert calls["n"] > 0 and "--overwrite cache" in caplog.text
 
 
-def test_cache_without_config_is_incomplete(tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path,
-                                            monkeypatch):
+def test_cache_without_config_is_incomplete(
+    tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path, monkeypatch
+):
     cfg = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus)
     folder = build_cache(cfg, tmp_path)[HOOK]
     (folder / "config.json").unlink()
@@ -265,8 +272,9 @@ def test_cache_without_config_is_incomplete(tiny_model_dir, tiny_corpus, tiny_sa
 
 
 # ------------------------------------------------------------------------------ resume
-def test_resume_after_interrupt_matches_uninterrupted(tiny_model_dir, tiny_corpus, tiny_sae_dir,
-                                                      tmp_path, monkeypatch):
+def test_resume_after_interrupt_matches_uninterrupted(
+    tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path, monkeypatch
+):
     cfg = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus)
     whole = build_cache(cfg, tmp_path / "whole")[HOOK]
 
@@ -286,8 +294,9 @@ def test_resume_after_interrupt_matches_uninterrupted(tiny_model_dir, tiny_corpu
     assert_same_cache(whole, folder)
 
 
-def test_partial_with_another_key_is_discarded(tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path,
-                                               monkeypatch, caplog):
+def test_partial_with_another_key_is_discarded(
+    tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path, monkeypatch, caplog
+):
     cfg = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus)
     monkeypatch.setattr(writer, "CHUNK_RUNS", 1)
     count_forward_calls(monkeypatch, fail_after=3)
@@ -319,8 +328,9 @@ build_cache(cfg, sys.argv[2])
 """
 
 
-def test_kill_9_then_rerun_matches_uninterrupted(tiny_model_dir, tiny_corpus, tiny_sae_dir,
-                                                 tmp_path):
+def test_kill_9_then_rerun_matches_uninterrupted(
+    tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path
+):
     cfg = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus, batch_size=4)
     whole = build_cache(cfg, tmp_path / "whole")[HOOK]
     script = tmp_path / "kill_me.py"
@@ -329,8 +339,10 @@ def test_kill_9_then_rerun_matches_uninterrupted(tiny_model_dir, tiny_corpus, ti
     latents = tmp_path / "killed"
     manifest = latents / HOOK / ".partial" / "manifest.json"
     proc = subprocess.Popen(
-        [sys.executable, str(script), json.dumps(cfg.public_dict()), str(latents)], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, str(script), json.dumps(cfg.public_dict()), str(latents)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.time() + 180
@@ -379,15 +391,34 @@ def test_memory_stays_bounded(tiny_model_dir, tmp_path):
     script.write_text(MEMORY_SCRIPT)
     # One thread: faster on shared cores. A fixed mmap threshold keeps glibc's heap
     # fragmentation out of the measurement, so that it sees the data the process holds.
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-           "MALLOC_MMAP_THRESHOLD_": "131072"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "MALLOC_MMAP_THRESHOLD_": "131072",
+    }
     peaks = {}
     for n_tokens in (SMALL, BIG):
-        cfg = make_cfg(tiny_model_dir, sae, corpus, hookpoints=["layers.0"], n_tokens=n_tokens,
-                       cache_ctx_len=256, batch_size=32)
+        cfg = make_cfg(
+            tiny_model_dir,
+            sae,
+            corpus,
+            hookpoints=["layers.0"],
+            n_tokens=n_tokens,
+            cache_ctx_len=256,
+            batch_size=32,
+        )
         out = subprocess.run(
-            [sys.executable, str(script), json.dumps(cfg.public_dict()), str(tmp_path / str(n_tokens))],
-            env=env, capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                str(script),
+                json.dumps(cfg.public_dict()),
+                str(tmp_path / str(n_tokens)),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         peaks[n_tokens] = int(out.stdout.split()[-1])
         reader = CacheReader(tmp_path / str(n_tokens) / "layers.0")

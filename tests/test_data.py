@@ -22,7 +22,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("data")
     out = {}
     out["jsonl"] = root / "docs.jsonl"
-    out["jsonl"].write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(DOCS)))
+    out["jsonl"].write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(DOCS))
+    )
     out["jsonl.gz"] = root / "docs.jsonl.gz"
     with gzip.open(out["jsonl.gz"], "wt") as fh:
         fh.write(out["jsonl"].read_text())

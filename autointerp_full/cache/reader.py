@@ -52,8 +52,10 @@ class CacheReader:
 
             path = self.path / self.shards[i]["file"]
             if not path.is_file():
-                raise UserError(f"activation cache {self.path} lacks {path.name}: rebuild it "
-                                "with --overwrite cache")
+                raise UserError(
+                    f"activation cache {self.path} lacks {path.name}: rebuild it "
+                    "with --overwrite cache"
+                )
             self._handles[i] = safe_open(str(path), framework="pt")
         return self._handles[i]
 

@@ -145,9 +145,11 @@ def interleave(runs: Sequence[Run], start: int, end: int) -> tuple[Run, torch.Te
     import torch
 
     width = end - start
-    counts = torch.stack(
-        [torch.bincount(r.latents.long() - start, minlength=width) for r in runs]
-    ) if runs else torch.zeros(0, width, dtype=torch.long)
+    counts = (
+        torch.stack([torch.bincount(r.latents.long() - start, minlength=width) for r in runs])
+        if runs
+        else torch.zeros(0, width, dtype=torch.long)
+    )
     total = counts.sum(0)
     offsets = torch.zeros(width + 1, dtype=torch.long)
     torch.cumsum(total, 0, out=offsets[1:])
@@ -172,11 +174,16 @@ def interleave(runs: Sequence[Run], start: int, end: int) -> tuple[Run, torch.Te
 
 
 # --------------------------------------------------------------------------- safetensors io
-_DTYPE_CODES = {"int32": "I32", "int64": "I64", "float16": "F16"}
 
 
-def _save_run(path: Path, run: Run, offsets: torch.Tensor, ctx_len: int, start: int, end: int,
-              ) -> None:
+def _save_run(
+    path: Path,
+    run: Run,
+    offsets: torch.Tensor,
+    ctx_len: int,
+    start: int,
+    end: int,
+) -> None:
     """Write a run in the shard format (used for chunks, which are small enough for save_file)."""
     import torch
     from safetensors.torch import save_file
@@ -256,8 +263,13 @@ def _header(entries: list[tuple[str, str, list[int], int]], metadata: dict[str, 
     return struct.pack("<Q", len(raw)) + raw
 
 
-def merge_chunks(chunk_files: Sequence[Path], out: Path, start: int, end: int, ctx_len: int,
-                 ) -> int:
+def merge_chunks(
+    chunk_files: Sequence[Path],
+    out: Path,
+    start: int,
+    end: int,
+    ctx_len: int,
+) -> int:
     """Stream chunk files of one shard into `out`; returns the number of entries.
 
     The header comes first from the summed per-latent counts; the data follows in blocks of
@@ -267,7 +279,9 @@ def merge_chunks(chunk_files: Sequence[Path], out: Path, start: int, end: int, c
 
     handles = [TensorFile(f) for f in chunk_files]
     chunk_offsets = [h.read("offsets") for h in handles]
-    counts = sum((o[1:] - o[:-1] for o in chunk_offsets), torch.zeros(end - start, dtype=torch.long))
+    counts = sum(
+        (o[1:] - o[:-1] for o in chunk_offsets), torch.zeros(end - start, dtype=torch.long)
+    )
     offsets = torch.zeros(end - start + 1, dtype=torch.long)
     torch.cumsum(counts, 0, out=offsets[1:])
     n = int(offsets[-1])
@@ -309,7 +323,7 @@ def merge_chunks(chunk_files: Sequence[Path], out: Path, start: int, end: int, c
                 if b == a + 1 and int(offsets[b]) - first > MERGE_ENTRIES:
                     # One heavy latent: its chunks' slices follow each other in location
                     # order, so copy them piece by piece.
-                    for h, o in zip(handles, chunk_offsets):
+                    for h, o in zip(handles, chunk_offsets, strict=True):
                         for lo in range(int(o[a]), int(o[b]), MERGE_ENTRIES):
                             hi = min(lo + MERGE_ENTRIES, int(o[b]))
                             put(first, _load_slice(h, lo, hi, ctx_len))
@@ -317,7 +331,7 @@ def merge_chunks(chunk_files: Sequence[Path], out: Path, start: int, end: int, c
                 else:
                     runs = [
                         _load_slice(h, int(o[a]), int(o[b]), ctx_len)
-                        for h, o in zip(handles, chunk_offsets)
+                        for h, o in zip(handles, chunk_offsets, strict=True)
                     ]
                     put(first, interleave(runs, start + a, start + b)[0])
                 a = b
@@ -508,8 +522,9 @@ def _resume_state(state: HookpointCache, n_seqs: int | None) -> bool:
     for path in state.partial.glob("chunk_*.safetensors"):
         if int(path.name.split("_")[1]) >= state.chunks:
             path.unlink()
-    log.info("resuming cache %s from row %d of %s", state.folder, state.rows_done,
-             manifest.get("n_seqs"))
+    log.info(
+        "resuming cache %s from row %d of %s", state.folder, state.rows_done, manifest.get("n_seqs")
+    )
     return True
 
 
@@ -577,8 +592,9 @@ def run_model(
     return time.perf_counter() - began
 
 
-def finish(state: HookpointCache, tokens_file: Path, config: dict[str, Any], n_seqs: int,
-           ctx_len: int) -> None:
+def finish(
+    state: HookpointCache, tokens_file: Path, config: dict[str, Any], n_seqs: int, ctx_len: int
+) -> None:
     """Merge every shard's chunks, move the tokens in, write config.json, drop .partial/."""
     shards = []
     for i, (start, end) in enumerate(state.bounds):
@@ -593,8 +609,14 @@ def finish(state: HookpointCache, tokens_file: Path, config: dict[str, Any], n_s
                     f.unlink()
             state.merged.append(i)
             atomic_write_json(state.partial / MANIFEST, state.manifest(n_seqs, ctx_len))
-        shards.append({"file": shard_name(i), "start": start, "end": end,
-                       "n": _entries(state.folder / shard_name(i))})
+        shards.append(
+            {
+                "file": shard_name(i),
+                "start": start,
+                "end": end,
+                "n": _entries(state.folder / shard_name(i)),
+            }
+        )
     target = state.folder / TOKENS_FILE
     if tokens_file != target:
         shutil.copyfile(tokens_file, target)
@@ -654,7 +676,10 @@ def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
 
     began = time.perf_counter()
     model, tokenizer = models.load_subject_model(
-        cfg.model, device=cfg.device, dtype=cfg.dtype, load_in_8bit=cfg.load_in_8bit,
+        cfg.model,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        load_in_8bit=cfg.load_in_8bit,
         token=cfg.token,
     )
     param = next(model.parameters())
@@ -670,8 +695,9 @@ def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
         folder = folders[hp]
         folder.mkdir(parents=True, exist_ok=True)
         _clear_complete(folder)
-        state = HookpointCache(hp, folder, cache_key(cfg, hp), coders[hp],
-                               int(coders[hp].num_latents), cfg.n_splits)
+        state = HookpointCache(
+            hp, folder, cache_key(cfg, hp), coders[hp], int(coders[hp].num_latents), cfg.n_splits
+        )
         _resume_state(state, None)
         states.append(state)
 
@@ -712,8 +738,12 @@ def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
     size = sum(_dir_size(folders[hp]) for hp in todo)
     log.info(
         "cached %d tokens for %s in %s (model pass %.0f tok/s); %s on disk in %s",
-        n_tok, ", ".join(todo), format_duration(total), n_tok / model_s if model_s else 0.0,
-        _human_bytes(size), latents_dir,
+        n_tok,
+        ", ".join(todo),
+        format_duration(total),
+        n_tok / model_s if model_s else 0.0,
+        _human_bytes(size),
+        latents_dir,
     )
     return folders
 
@@ -727,6 +757,11 @@ def _tokens_for(cfg: RunConfig, tokenizer: Any, states: list[HookpointCache]) ->
         if state.chunks or state.rows_done:
             if path.exists():
                 return _load_tokens(path)
-    texts = load_texts(cfg.dataset_repo, cfg.dataset_split, cfg.dataset_column, token=cfg.token,
-                       num_proc=cfg.pipeline_num_proc)
+    texts = load_texts(
+        cfg.dataset_repo,
+        cfg.dataset_split,
+        cfg.dataset_column,
+        token=cfg.token,
+        num_proc=cfg.pipeline_num_proc,
+    )
     return tokenize_rows(texts, tokenizer, cfg.cache_ctx_len, cfg.n_tokens)
