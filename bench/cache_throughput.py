@@ -17,6 +17,7 @@ import gzip
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -244,6 +245,7 @@ def main() -> None:
     )
     print(f"floor: {floor:,.0f} tokens/s")
     print(f"ratio (model pass): {rate / floor:.1%}; ratio (end to end): {total_rate / floor:.1%}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
