@@ -1,12 +1,13 @@
-"""Atomic file writes: a reader never sees a half-written file, so a partial file never counts as done."""
+"""Atomic file writes: a reader never sees a half-written file, so a partial one never counts."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:

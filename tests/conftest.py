@@ -96,7 +96,7 @@ def write_sparsify_sae(
     transcode: bool = False,
     seed: int = 0,
 ) -> Path:
-    """Write a random SAE in the EleutherAI sparsify layout: <root>/<hookpoint>/{cfg.json,sae.safetensors}."""
+    """A random SAE in sparsify layout: <root>/<hookpoint>/{cfg.json,sae.safetensors}."""
     import torch
     from safetensors.torch import save_file
 
