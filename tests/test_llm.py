@@ -351,3 +351,38 @@ def test_plain_prompt_without_chat_template():
 
     text = plain_prompt(MSGS)
     assert text == "system: You explain latents.\nuser: hi\nassistant:"
+
+
+@pytest.mark.slow
+def test_offline_gguf_uses_llama_cpp():
+    pytest.importorskip("llama_cpp")
+    from autointerp_full.llm import offline
+    from autointerp_full.models import smollm2_gguf_path
+
+    try:
+        gguf = smollm2_gguf_path()
+    except Exception as exc:  # MissingExtraError without the dev extra
+        pytest.skip(str(exc))
+    client = make_client(offline_cfg(gguf, explainer_model_max_len=256), "detection")
+    msgs = [{"role": "system", "content": "Answer yes or no."}, {"role": "user", "content": "Hi?"}]
+
+    async def run():
+        try:
+            a = await client.generate(msgs, max_tokens=6, logprobs=True, top_logprobs=3)
+            b = await client.generate(msgs, max_tokens=6)
+            return a, b
+        finally:
+            await client.aclose()
+
+    try:
+        assert isinstance(client.engine, offline.LlamaCppEngine)
+        a, b = asyncio.run(run())
+    finally:
+        offline.release_engines()
+    assert b.text and b.logprobs is None and a.text == b.text  # greedy either way
+    assert b.prompt_tokens > 10 and 1 <= b.completion_tokens <= 6
+    assert a.logprobs is not None and len(a.logprobs) == a.completion_tokens
+    for lp in a.logprobs:
+        assert lp.logprob <= 0 and 1 <= len(lp.top) <= 3
+        assert max(lp.top.values()) == pytest.approx(lp.logprob, abs=1e-4)
+    assert client.usage.as_dict()["detection"]["requests"] == 2
