@@ -86,6 +86,11 @@ def _looks_local(name: str) -> bool:
     return name.endswith(".gguf") or name.startswith((".", "~")) or not _HUB_ID.match(name)
 
 
+# The last model loaded, kept so that a run whose explainer is its subject model (the demo)
+# loads it once; a different model replaces it, so at most one extra model stays alive.
+_LAST_LOADED: tuple[tuple[Any, ...], tuple[Any, Any]] | None = None
+
+
 def load_subject_model(
     name: str,
     *,
@@ -99,8 +104,13 @@ def load_subject_model(
 
     The model comes back in eval mode with gradients off. `param` names the CLI flag in errors.
     """
+    global _LAST_LOADED
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    key = (name, device, torch_dtype, load_in_8bit, token)
+    if _LAST_LOADED is not None and _LAST_LOADED[0] == key:
+        return _LAST_LOADED[1]
+    _LAST_LOADED = None
     kwargs: dict[str, Any] = {"token": token}
     if load_in_8bit:
         if not device.startswith("cuda"):
@@ -129,6 +139,7 @@ def load_subject_model(
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # batching needs some pad id
     log.info("loaded %s on %s (%s)", name, device, str(torch_dtype).removeprefix("torch."))
+    _LAST_LOADED = (key, (model, tokenizer))
     return model, tokenizer
 
 

@@ -21,7 +21,7 @@ DEMO_SETTINGS = [
     "--cache_ctx_len", "256",
     "--batch_size", "16",
     "--n_splits", "4",
-    "--max_latents", "24",
+    "--max_latents", "28",
     "--min_examples", "20",
     "--n_examples_train", "12",
     "--n_examples_test", "5",

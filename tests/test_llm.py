@@ -386,3 +386,16 @@ def test_offline_gguf_uses_llama_cpp():
         assert lp.logprob <= 0 and 1 <= len(lp.top) <= 3
         assert max(lp.top.values()) == pytest.approx(lp.logprob, abs=1e-4)
     assert client.usage.as_dict()["detection"]["requests"] == 2
+
+
+def test_offline_continues_an_assistant_prefix(tiny_model_dir):
+    """A final assistant message is rendered as the start of the answer, not as a turn."""
+    from autointerp_full.llm.offline import TransformersEngine
+
+    engine = TransformersEngine(offline_cfg(tiny_model_dir))
+    user = [{"role": "user", "content": "list please"}]
+    plain = engine.encode(user, 8)
+    prefixed = engine.encode([*user, {"role": "assistant", "content": "[1"}], 8)
+    tail = engine.tokenizer("[1", add_special_tokens=False)["input_ids"]
+    assert prefixed[: len(plain)] == plain
+    assert prefixed[len(plain) :] == tail

@@ -466,3 +466,31 @@ def test_embedding_with_minilm() -> None:
     m = result["metrics"]
     assert m["auc"] == 1.0 and m["similarity_difference"] > 0.1
     assert all(-1.0 <= e["prediction"] <= 1.0 for e in result["examples"])
+
+
+def test_prefilled_list_takes_the_first_answers() -> None:
+    from autointerp_full.scorers.classifier import parse_prefilled_list
+
+    assert parse_prefilled_list("[1, 0, 1, 1, 1, 1, 1, 1", 3) == [True, False, True]
+    assert parse_prefilled_list("[1, 0", 3) is None
+    assert parse_prefilled_list("The answer is [1, 0, 1]", 3) is None
+
+
+def test_offline_provider_prefills_the_list_and_reads_a_run_on_answer() -> None:
+    from autointerp_full.config import RunConfig
+    from autointerp_full.scorers import SCORERS
+
+    record = make_record(n_test=5, n_non=5)
+    client = ScriptedClient(lambda user, kw: "1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1")
+    cfg = RunConfig(explainer_provider="offline", num_examples_per_scorer_prompt=5)
+    result = asyncio.run(SCORERS["detection"](client, None, cfg).score(record, "cats"))
+    assert result["error"] is None
+    assert all(e["prediction"] is True for e in result["examples"])
+    messages = client.requests[0][0]
+    assert messages[-1] == {"role": "assistant", "content": "["}
+
+    api = RunConfig(explainer_provider="vllm", explainer_api_base_url="http://x/v1")
+    client = ScriptedClient(lambda user, kw: "1, 1, 1, 1, 1, 1, 1, 1")
+    result = asyncio.run(SCORERS["detection"](client, None, api).score(record, "cats"))
+    assert client.requests[0][0][-1]["role"] != "assistant"
+    assert result["error"] is not None  # an unbracketed run-on is not read without a prefill

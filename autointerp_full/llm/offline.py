@@ -13,6 +13,7 @@ score stages of one CLI run share one copy of the weights.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import logging
 import os
@@ -45,10 +46,34 @@ class _Pending:
     future: asyncio.Future = field(repr=False)
 
 
+def fit_context(ids: list[int], max_len: int, max_new: int) -> list[int]:
+    """Keep the prompt's last tokens when it and the answer would not fit the context."""
+    room = max(1, max_len - max_new)
+    if len(ids) > room:
+        log.warning(
+            "offline explainer: prompt of %d tokens exceeds --explainer_model_max_len %d "
+            "minus %d new tokens; keeping its last %d tokens",
+            len(ids),
+            max_len,
+            max_new,
+            room,
+        )
+        return ids[-room:]
+    return ids
+
+
 def plain_prompt(messages: list[dict[str, str]]) -> str:
     """The prompt for a tokenizer without a chat template: 'role: content' lines."""
     lines = [f"{m['role']}: {m['content']}" for m in messages]
     return "\n".join(lines) + "\nassistant:"
+
+
+def split_answer_prefix(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """A final assistant message is the start of the answer, which the model continues
+    (small models keep to a format far better when its first characters are given)."""
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[:-1], messages[-1]["content"]
+    return messages, ""
 
 
 class TransformersEngine:
@@ -80,26 +105,15 @@ class TransformersEngine:
         self.lock = threading.Lock()  # two stages' batchers may share one engine
 
     def encode(self, messages: list[dict[str, str]], max_new: int) -> list[int]:
+        messages, prefix = split_answer_prefix(messages)
         if self.has_template:
-            ids = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
             )
-            if not isinstance(ids, list):  # newer transformers may return a BatchEncoding
-                ids = list(ids["input_ids"])
+            ids = self.tokenizer(text + prefix, add_special_tokens=False)["input_ids"]
         else:
-            ids = self.tokenizer(plain_prompt(messages))["input_ids"]
-        room = max(1, self.max_len - max_new)
-        if len(ids) > room:
-            log.warning(
-                "offline explainer: prompt of %d tokens exceeds --explainer_model_max_len %d "
-                "minus %d new tokens; keeping its last %d tokens",
-                len(ids),
-                self.max_len,
-                max_new,
-                room,
-            )
-            ids = ids[-room:]
-        return list(ids)
+            ids = self.tokenizer(plain_prompt(messages) + prefix)["input_ids"]
+        return fit_context(list(ids), self.max_len, max_new)
 
     def run(self, prompts: list[list[int]], key: SamplingKey) -> list[Completion]:
         import torch
@@ -249,6 +263,13 @@ class LlamaCppEngine:
         self.generate_calls = 0
         self.lock = threading.Lock()  # one sequence at a time; stages may share the engine
 
+    def close(self) -> None:
+        """Free the native models now: llama.cpp's finalisers fail during interpreter exit."""
+        for llm in (self.llm, self.llm_logprobs):
+            if llm is not None:
+                llm.close()
+        self.llm = self.llm_logprobs = None
+
     def _load(self, *, logits_all: bool) -> Any:
         from llama_cpp import Llama
 
@@ -269,24 +290,15 @@ class LlamaCppEngine:
     def encode(self, messages: list[dict[str, str]], max_new: int) -> list[int]:
         """The prompt's token ids under the GGUF's own chat template (as create_chat_completion
         builds them), keeping the last tokens when it does not fit."""
+        messages, prefix = split_answer_prefix(messages)
         if self.formatter is not None:
             result = self.formatter(messages=messages)
             text, add_bos = result.prompt, not result.added_special
         else:
             text, add_bos = plain_prompt(messages), True
+        text += prefix
         ids = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-        room = max(1, self.max_len - max_new)
-        if len(ids) > room:
-            log.warning(
-                "offline explainer: prompt of %d tokens exceeds --explainer_model_max_len %d "
-                "minus %d new tokens; keeping its last %d tokens",
-                len(ids),
-                self.max_len,
-                max_new,
-                room,
-            )
-            ids = ids[-room:]
-        return list(ids)
+        return fit_context(list(ids), self.max_len, max_new)
 
     def run(self, prompts: list[list[int]], key: SamplingKey) -> list[Completion]:
         with self.lock:
@@ -366,7 +378,13 @@ def get_engine(cfg: RunConfig) -> Engine:
 def release_engines() -> None:
     """Drop loaded offline engines (frees their memory once nothing else holds them)."""
     with _ENGINES_LOCK:
+        for engine in _ENGINES.values():
+            if hasattr(engine, "close"):
+                engine.close()
         _ENGINES.clear()
+
+
+atexit.register(release_engines)
 
 
 class OfflineClient:

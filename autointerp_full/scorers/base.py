@@ -217,3 +217,19 @@ def auc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
 def mean(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None and not math.isnan(v)]
     return sum(kept) / len(kept) if kept else None
+
+
+def separation_metrics(records: Sequence[dict[str, Any]], measure: str) -> dict[str, Any]:
+    """How well a per-example score (`prediction`) separates activating from other examples:
+    AUC, the mean on each side and their difference, named after `measure`."""
+    pos = [r["prediction"] for r in records if r["activating"] and r["prediction"] is not None]
+    neg = [r["prediction"] for r in records if not r["activating"] and r["prediction"] is not None]
+    mean_pos, mean_neg = mean(pos), mean(neg)
+    both = mean_pos is not None and mean_neg is not None
+    return {
+        "auc": auc(pos, neg),
+        f"mean_{measure}_activating": mean_pos,
+        f"mean_{measure}_non_activating": mean_neg,
+        f"{measure}_difference": mean_pos - mean_neg if both else None,
+        "n": len(records),
+    }

@@ -76,6 +76,16 @@ def parse_binary_answers(text: str, n: int) -> list[bool] | None:
     return None
 
 
+def parse_prefilled_list(text: str, n: int) -> list[bool] | None:
+    """The first n values of a list the model was started on ("[1, 0, 1, 1, ..." with no
+    closing bracket, as small models sometimes run on), or None."""
+    match = re.match(r"\[\s*((?:[01]\s*,\s*)*[01])", text)
+    if match is None:
+        return None
+    values = [part.strip() == "1" for part in match.group(1).split(",")]
+    return values[:n] if len(values) >= n else None
+
+
 def answer_probabilities(logprobs: list[Any] | None, n: int) -> list[float] | None:
     """P(answer is 1) for each of the n list items, from the "1" and "0" token log-probabilities."""
     if not logprobs:
@@ -180,6 +190,11 @@ class ClassifierScorer(Scorer):
         from autointerp_full.llm.base import LLMError
 
         messages = self.messages(self.prompt_key, self.user_prompt(explanation, batch))
+        # A local model is handed the answer's opening bracket: small models keep to the list
+        # format far better. Chat APIs get no prefill, since not every server continues one.
+        prefix = "[" if self.cfg.explainer_provider == "offline" else ""
+        if prefix:
+            messages = [*messages, {"role": "assistant", "content": prefix}]
         want_logprobs = bool(self.cfg.log_probs)
         try:
             completion = await self.client.generate(
@@ -191,9 +206,12 @@ class ClassifierScorer(Scorer):
             )
         except LLMError as exc:
             return None, None, f"LLM request failed: {exc}"
-        predictions = parse_binary_answers(completion.text, len(batch))
+        text = prefix + completion.text
+        predictions = parse_binary_answers(text, len(batch))
+        if predictions is None and prefix:
+            predictions = parse_prefilled_list(text, len(batch))
         if predictions is None:
-            return None, None, f"unparseable answer: {completion.text[:200]!r}"
+            return None, None, f"unparseable answer: {text[:200]!r}"
         probs = answer_probabilities(completion.logprobs, len(batch)) if want_logprobs else None
         return predictions, probs, None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from autointerp_full.scorers.base import Scorer, auc, example_text, mean
+from autointerp_full.scorers.base import Scorer, example_text, separation_metrics
 
 if TYPE_CHECKING:
     from autointerp_full.examples.types import LatentRecord
@@ -41,18 +41,7 @@ class EmbeddingScorer(Scorer):
             }
             for (example, activating), text, sim in zip(chosen, texts, similarities, strict=True)
         ]
-        pos = [r["prediction"] for r in records if r["activating"]]
-        neg = [r["prediction"] for r in records if not r["activating"]]
-        mean_pos, mean_neg = mean(pos), mean(neg)
-        metrics = {
-            "auc": auc(pos, neg),
-            "mean_similarity_activating": mean_pos,
-            "mean_similarity_non_activating": mean_neg,
-            "similarity_difference": (
-                mean_pos - mean_neg if mean_pos is not None and mean_neg is not None else None
-            ),
-            "n": len(records),
-        }
+        metrics = separation_metrics(records, "similarity")
         return records, metrics, None
 
     def _similarities(self, explanation: str, texts: list[str]) -> list[float]:

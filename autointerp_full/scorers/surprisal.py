@@ -11,7 +11,7 @@ import math
 import threading
 from typing import TYPE_CHECKING, Any
 
-from autointerp_full.scorers.base import Scorer, auc, example_text, mean
+from autointerp_full.scorers.base import Scorer, example_text, separation_metrics
 
 if TYPE_CHECKING:
     from autointerp_full.examples.types import Example, LatentRecord
@@ -102,20 +102,7 @@ class SurprisalScorer(Scorer):
                     "loss_without_explanation": None if math.isnan(loss_without) else loss_without,
                 }
             )
-        pos = [r["prediction"] for r in records if r["activating"] and r["prediction"] is not None]
-        neg = [
-            r["prediction"] for r in records if not r["activating"] and r["prediction"] is not None
-        ]
-        mean_pos, mean_neg = mean(pos), mean(neg)
-        metrics = {
-            "auc": auc(pos, neg),
-            "mean_loss_drop_activating": mean_pos,
-            "mean_loss_drop_non_activating": mean_neg,
-            "loss_drop_difference": (
-                mean_pos - mean_neg if mean_pos is not None and mean_neg is not None else None
-            ),
-            "n": len(records),
-        }
+        metrics = separation_metrics(records, "loss_drop")
         return records, metrics, None
 
     def _losses(self, explanation: str, examples: list[Example]) -> tuple[list[float], list[float]]:
