@@ -23,7 +23,7 @@ DEMO_SETTINGS = [
     "--n_splits", "4",
     "--max_latents", "28",
     "--min_examples", "20",
-    "--n_examples_train", "12",
+    "--n_examples_train", "10",
     "--n_examples_test", "5",
     "--n_non_activating", "5",
     "--example_ctx_len", "24",
