@@ -535,3 +535,26 @@ def test_embedder_is_normalised_and_semantic() -> None:
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
     assert embedder.encode([]).shape == (0, 384)
+
+
+def test_contrastive_explainer_gets_its_own_windows() -> None:
+    """The windows a contrastive prompt shows are never among the scored ones."""
+    from autointerp_full.explainers import build_messages
+    from autointerp_full.prompts import default_prompts
+
+    reader = random_cache(density=0.1)
+    cfg = cfg_for(n_non_activating=6, explainer="contrastive")
+    record = ExampleBuilder(cfg, reader, None, tokenizer=WordTokenizer(VOCAB)).build(0)
+    assert record is not None
+    assert len(record.non_activating) == 6 and len(record.contrast) == len(record.train)
+    scored = {find_window(reader, e) for e in record.non_activating}
+    shown = {find_window(reader, e) for e in record.contrast}
+    assert not scored & shown
+    assert all(window_is_zero(reader, 0, e) for e in record.contrast)
+    messages, _ = build_messages(record, default_prompts(), cfg)
+    text = "\n".join(m["content"] for m in messages)
+    assert record.contrast[0].text.strip() in text
+    again = LatentRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert again == record
+    plain = ExampleBuilder(cfg_for(n_non_activating=6), reader, None, tokenizer=WordTokenizer(VOCAB))
+    assert plain.build(0).contrast == []

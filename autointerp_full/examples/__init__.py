@@ -135,10 +135,12 @@ def _build(
 
     train, test = activating(train_picks), activating(test_picks)
     non_activating: list[Example] = []
-    if source is not None and cfg.n_non_activating > 0:
+    # The contrastive explainer gets windows of its own, drawn beside the scored ones.
+    n_contrast = len(train) if cfg.effective_explainer == "contrastive" else 0
+    if source is not None and cfg.n_non_activating + n_contrast > 0:
         chosen = source.select(
             acts,
-            cfg.n_non_activating,
+            cfg.n_non_activating + n_contrast,
             negatives_rng,
             latent=latent,
             activating_texts=[e.text for e in train + test],
@@ -146,6 +148,8 @@ def _build(
         non_activating = [
             _example(tokens, acts, decoder, r, s, length, NON_ACTIVATING) for r, s in chosen
         ]
+    contrast = non_activating[cfg.n_non_activating :]
+    non_activating = non_activating[: cfg.n_non_activating]
     record = LatentRecord(
         hookpoint=hookpoint,
         latent=latent,
@@ -155,6 +159,7 @@ def _build(
         train=train,
         test=test,
         non_activating=non_activating,
+        contrast=contrast,
     )
     return record, len(windows)
 

@@ -48,7 +48,8 @@ class LatentRecord:
     """Everything the explainers and scorers need about one latent.
 
     `train` and `test` are activating windows, strongest first; `non_activating` are windows
-    where the latent is zero throughout.
+    where the latent is zero throughout, held out for the scorers. `contrast` holds further
+    non-activating windows for the contrastive explainer, so it never sees a scored window.
     """
 
     hookpoint: str
@@ -59,9 +60,10 @@ class LatentRecord:
     train: list[Example] = field(default_factory=list)
     test: list[Example] = field(default_factory=list)
     non_activating: list[Example] = field(default_factory=list)
+    contrast: list[Example] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "hookpoint": self.hookpoint,
             "latent": int(self.latent),
             "n_activating": int(self.n_activating),
@@ -71,6 +73,9 @@ class LatentRecord:
             "test": [e.to_dict() for e in self.test],
             "non_activating": [e.to_dict() for e in self.non_activating],
         }
+        if self.contrast:
+            data["contrast"] = [e.to_dict() for e in self.contrast]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatentRecord:
@@ -83,4 +88,5 @@ class LatentRecord:
             train=[Example.from_dict(e) for e in data.get("train", [])],
             test=[Example.from_dict(e) for e in data.get("test", [])],
             non_activating=[Example.from_dict(e) for e in data.get("non_activating", [])],
+            contrast=[Example.from_dict(e) for e in data.get("contrast", [])],
         )

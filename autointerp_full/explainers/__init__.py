@@ -95,6 +95,20 @@ def _fits(messages: list[dict[str, str]], budget: int) -> bool:
     return sum(estimate_tokens(m["content"]) + 4 for m in messages) <= budget
 
 
+def contrast_windows(record: LatentRecord) -> list[Example]:
+    """Non-activating windows for a contrastive prompt: the record's own contrast set; examples
+    built for another explainer have none, and then the scored windows are shown (and logged)."""
+    if record.contrast:
+        return record.contrast
+    log.warning(
+        "%s latent %d: examples have no contrast windows (built for another explainer); "
+        "the contrastive prompt shows scored windows. Delete examples/ to rebuild them.",
+        record.hookpoint,
+        record.latent,
+    )
+    return record.non_activating
+
+
 def build_messages(
     record: LatentRecord, prompts: Prompts, cfg: RunConfig, explainer: str | None = None
 ) -> tuple[list[dict[str, str]], int]:
@@ -108,7 +122,7 @@ def build_messages(
     train = ranked(record.train)
     if explainer == "np_max_act":
         train = train[:NP_MAX_ACT_EXAMPLES]
-    negatives = list(record.non_activating[: len(train)]) if explainer == "contrastive" else []
+    negatives = list(contrast_windows(record)[: len(train)]) if explainer == "contrastive" else []
     budget = max(1, cfg.explainer_model_max_len - max_tokens)
     while True:
         messages = prompts.messages(key, body(train, record, negatives))
