@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--latents", type=int, default=2)
     args = parser.parse_args()
 
-    from demo import DEMO_SETTINGS, write_python_docs_corpus
+    from demo import DEMO_SETTINGS
 
     from autointerp_full.cli import main as cli_main
     from autointerp_full.models import smollm2_gguf_path
@@ -49,7 +49,8 @@ def main() -> int:
     if not (cache / "layers.15" / "config.json").exists():
         sys.exit(f"--demo_run: no finished demo cache in {cache}; run `make demo` first")
     gguf = str(smollm2_gguf_path())
-    corpus = write_python_docs_corpus(Path("results") / "corpora" / "python_docs.jsonl")
+    # The demo's own corpus path, so that its cache key matches and the cache is reused.
+    corpus = json.loads((cache / "layers.15" / "config.json").read_text())["dataset_repo"]
     settings = [a for a in DEMO_SETTINGS]
     settings[settings.index("--max_latents") + 1] = str(args.latents + 6)  # some are skipped
     rows = []
