@@ -52,7 +52,7 @@ def main() -> int:
     # The demo's own corpus path, so that its cache key matches and the cache is reused.
     corpus = json.loads((cache / "layers.15" / "config.json").read_text())["dataset_repo"]
     settings = [a for a in DEMO_SETTINGS]
-    settings[settings.index("--max_latents") + 1] = str(args.latents + 6)  # some are skipped
+    settings[settings.index("--max_latents") + 1] = str(args.latents + 1)  # latent 2 is skipped
     rows = []
     for i, option in enumerate(OPTIONS):
         name = f"option_{i}"

@@ -556,5 +556,6 @@ def test_contrastive_explainer_gets_its_own_windows() -> None:
     assert record.contrast[0].text.strip() in text
     again = LatentRecord.from_dict(json.loads(json.dumps(record.to_dict())))
     assert again == record
-    plain = cfg_for(n_non_activating=6)
-    assert ExampleBuilder(plain, reader, None, tokenizer=WordTokenizer(VOCAB)).build(0).contrast == []
+    tokenizer = WordTokenizer(VOCAB)
+    plain = ExampleBuilder(cfg_for(n_non_activating=6), reader, None, tokenizer=tokenizer)
+    assert plain.build(0).contrast == []
