@@ -58,7 +58,8 @@ class ScriptedClient:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await asyncio.sleep(0.001)
-            out = self.answer(messages[-1]["content"], kwargs)
+            user = [m["content"] for m in messages if m["role"] == "user"][-1]
+            out = self.answer(user, kwargs)
         finally:
             self.in_flight -= 1
         if isinstance(out, BaseException):
@@ -82,7 +83,9 @@ def make_record(n_test: int = 10, n_non: int = 10) -> LatentRecord:
 
 
 def cfg(**changes: Any) -> RunConfig:
-    return RunConfig(**{"num_examples_per_scorer_prompt": 5, **changes})
+    """A remote provider: the scripted clients answer whole, as a chat API does."""
+    remote = {"explainer_provider": "vllm", "explainer_api_base_url": "http://127.0.0.1:9/v1"}
+    return RunConfig(**{"num_examples_per_scorer_prompt": 5, **remote, **changes})
 
 
 def numbered_examples(user: str) -> list[str]:
@@ -494,3 +497,21 @@ def test_offline_provider_prefills_the_list_and_reads_a_run_on_answer() -> None:
     result = asyncio.run(SCORERS["detection"](client, None, api).score(record, "cats"))
     assert client.requests[0][0][-1]["role"] != "assistant"
     assert result["error"] is not None  # an unbracketed run-on is not read without a prefill
+
+
+def test_local_models_get_an_answer_opening_for_every_format() -> None:
+    from autointerp_full.config import RunConfig
+    from autointerp_full.scorers import SCORERS
+
+    record = make_record(n_test=4, n_non=4)
+    cfg = RunConfig(explainer_provider="offline", num_examples_per_scorer_prompt=4)
+
+    intruder = ScriptedClient(lambda user, kw: "2. Example 1 and example 3 share a theme.")
+    result = asyncio.run(SCORERS["intruder"](intruder, None, cfg).score(record, None))
+    assert intruder.requests[0][0][-1]["content"] == "The intruder is example "
+    assert result["metrics"]["n_failed"] == 0
+
+    simulation = ScriptedClient(lambda user, kw: " 0\n2: 3\n3: 0")
+    result = asyncio.run(SCORERS["simulation"](simulation, None, cfg).score(record, "cats"))
+    assert simulation.requests[0][0][-1]["content"] == "1:"
+    assert result["metrics"]["n_failed"] == 0

@@ -29,6 +29,8 @@ class Scorer:
     name: str = ""
     needs_explanation: bool = True
 
+    answer_prefix = ""  # see prefix()
+
     def __init__(self, client: LLMClient | None, prompts: Prompts | None, cfg: RunConfig) -> None:
         # A per-scorer view of the client, when it offers one, so usage is counted per scorer.
         with_stage = getattr(client, "with_stage", None)
@@ -74,7 +76,15 @@ class Scorer:
         return seeded_rng(self.cfg.seed, record.hookpoint, record.latent, self.name)
 
     def messages(self, key: str, user: str) -> list[dict[str, str]]:
-        return chat_messages(self.prompts, key, user)
+        messages = chat_messages(self.prompts, key, user)
+        prefix = self.prefix()
+        return [*messages, {"role": "assistant", "content": prefix}] if prefix else messages
+
+    def prefix(self) -> str:
+        """The opening of the answer handed to a local model, which continues it: small models
+        keep to the answer format far better. Chat APIs get none, since not every server
+        continues a final assistant message."""
+        return self.answer_prefix if self.cfg.explainer_provider == "offline" else ""
 
 
 # ----------------------------------------------------------------------------- helpers

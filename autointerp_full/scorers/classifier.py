@@ -127,6 +127,8 @@ def typical_mark_count(examples: list[Example]) -> int:
 class ClassifierScorer(Scorer):
     """Shared machinery: shuffle, batch, ask concurrently, parse, score."""
 
+    answer_prefix = "["
+
     prompt_key = ""
     task = ""
 
@@ -190,11 +192,7 @@ class ClassifierScorer(Scorer):
         from autointerp_full.llm.base import LLMError
 
         messages = self.messages(self.prompt_key, self.user_prompt(explanation, batch))
-        # A local model is handed the answer's opening bracket: small models keep to the list
-        # format far better. Chat APIs get no prefill, since not every server continues one.
-        prefix = "[" if self.cfg.explainer_provider == "offline" else ""
-        if prefix:
-            messages = [*messages, {"role": "assistant", "content": prefix}]
+        prefix = self.prefix()
         want_logprobs = bool(self.cfg.log_probs)
         try:
             completion = await self.client.generate(

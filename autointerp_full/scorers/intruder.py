@@ -32,6 +32,7 @@ def parse_choice(text: str, n: int) -> int | None:
 
 
 class IntruderScorer(Scorer):
+    answer_prefix = "The intruder is example "
     name = "intruder"
     needs_explanation = False
     prompt_key = "scorers.intruder.system"
@@ -111,7 +112,13 @@ class IntruderScorer(Scorer):
             )
         except LLMError as exc:
             return None, f"LLM request failed: {exc}"
-        choice = parse_choice(completion.text, len(shown))
+        text = self.prefix() + completion.text
+        choice = parse_choice(text, len(shown))
+        if choice is None and self.prefix():
+            # The number that completes the handed-over opening is the answer, whatever follows.
+            first = re.match(r"\s*(\d+)", completion.text)
+            if first and 1 <= int(first.group(1)) <= len(shown):
+                choice = int(first.group(1))
         if choice is None:
-            return None, f"unparseable answer: {completion.text[:200]!r}"
+            return None, f"unparseable answer: {text[:200]!r}"
         return choice, None

@@ -98,6 +98,7 @@ def normalised(example: Example, max_activation: float) -> list[float]:
 
 
 class SimulationScorer(Scorer):
+    answer_prefix = "1:"
     name = "simulation"
     prompt_key = "scorers.simulation.system"
 
@@ -196,9 +197,10 @@ class SimulationScorer(Scorer):
             expected = expected_levels(completion.logprobs, n)
             if expected is not None:
                 return expected, {"mode": "logprobs"}, None
-        parsed = parse_predictions(completion.text, n)
+        text = self.prefix() + completion.text
+        parsed = parse_predictions(text, n)
         if parsed is None:
-            return None, {}, f"unparseable answer: {completion.text[:200]!r}"
+            return None, {}, f"unparseable answer: {text[:200]!r}"
         values, found = parsed
         info: dict[str, Any] = {"mode": "text"}
         if found != n:
