@@ -209,7 +209,12 @@ class LLMWork:
         return self.scores_dir / scorer / f"{latent_stem(record.hookpoint, record.latent)}.txt"
 
     def scores_missing(self, record: LatentRecord) -> list[str]:
-        return [s for s in self.cfg.scorers if not self.score_path(s, record).exists()]
+        """Scorers with no result for this latent yet; a failed one is tried again."""
+        return [s for s in self.cfg.scorers if not self._scored(self.score_path(s, record))]
+
+    @staticmethod
+    def _scored(path: Path) -> bool:
+        return path.exists() and read_json(path).get("error") is None
 
     async def score(self, record: LatentRecord, explanation: str | None) -> None:
         async def one(name: str) -> None:

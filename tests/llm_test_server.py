@@ -18,6 +18,7 @@ Counters: `chat_requests`, `peak_in_flight` (requests received and not yet answe
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -275,5 +276,7 @@ def interp_responder(request: dict[str, Any]) -> str:
     if "predict how strongly" in system:
         return "1: 0\n2: 6\n3: 0"
     if "Reply with only a list" in system:
-        return "[1, 0, 1, 0, 1]"
+        user = request["messages"][-1]["content"]
+        n = len(re.findall(r"^Example \d+:", user, re.MULTILINE)) or 5
+        return "[" + ", ".join("1" if i % 2 == 0 else "0" for i in range(n)) + "]"
     return "Some reasoning first.\n[EXPLANATION]: common short words such as 'the'"

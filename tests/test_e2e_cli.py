@@ -168,3 +168,22 @@ def test_explainer_none_reuses_explanations(
     assert main([*args, "--name", "n", "--scorers", "detection", "--explainer", "none"]) == 0
     record = json.loads((run / "scores" / "detection" / f"{sorted(explained)[0]}.txt").read_text())
     assert record["explanation"] == "hand-written explanation"
+
+
+def test_failed_scores_are_retried_on_rerun(
+    tmp_path, seeded_cache, tiny_model_dir, tiny_sae_dir, tiny_corpus
+):
+    run = new_run(tmp_path, seeded_cache, "f")
+    with ScriptedLLMServer(lambda req: "I cannot answer that.") as bad:
+        args = base_args(tiny_model_dir, tiny_sae_dir, tiny_corpus, tmp_path, bad.url)
+        assert main([*args, "--name", "f", "--scorers", "detection", "--explainer", "none"]) == 0
+    assert not stems(run / "explanations")  # nothing to reuse, so nothing scored
+    with ScriptedLLMServer(lambda req: "I cannot answer that.") as bad:
+        args = base_args(tiny_model_dir, tiny_sae_dir, tiny_corpus, tmp_path, bad.url)
+        assert main([*args, "--name", "f", "--scorers", "detection"]) == 0
+    failed = sorted((run / "scores" / "detection").glob("*.txt"))
+    assert failed and all(json.loads(p.read_text())["error"] for p in failed)
+    with ScriptedLLMServer(interp_responder) as good:
+        args = base_args(tiny_model_dir, tiny_sae_dir, tiny_corpus, tmp_path, good.url)
+        assert main([*args, "--name", "f", "--scorers", "detection"]) == 0
+    assert all(json.loads(p.read_text())["error"] is None for p in failed)
