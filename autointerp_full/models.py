@@ -328,32 +328,3 @@ def hidden_size(model: torch.nn.Module) -> int:
         if isinstance(value, int):
             return value
     raise ValueError("cannot tell the model's hidden size from its config")
-
-
-def compile_blocks(model: torch.nn.Module, hookpoints: list[str]) -> int:
-    """torch.compile the repeated blocks (decoder layers) that run before the deepest hookpoint
-    and hold none, fusing their element-wise work (norms, rotary, activations). Blocks holding a
-    hookpoint stay eager, since their hooks change on every call. Returns the number compiled;
-    the first forward pass pays the compile time, so this pays off on long caches only."""
-    import torch
-
-    paths = [hookpoint_path(model, hp) for hp in hookpoints]
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.ModuleList) or len(module) < 2:
-            continue
-        indices = []
-        for path in paths:
-            rest = path[len(name) + 1 :] if name and path.startswith(name + ".") else None
-            if rest is not None and rest.split(".")[0].isdigit():
-                indices.append(int(rest.split(".")[0]))
-        if not indices:
-            continue
-        # A failed compile falls back to eager instead of stopping the run.
-        torch._dynamo.config.suppress_errors = True
-        compiled = 0
-        for i in range(max(indices)):
-            if i not in indices:
-                module[i].compile(dynamic=False)
-                compiled += 1
-        return compiled
-    return 0

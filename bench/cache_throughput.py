@@ -165,11 +165,6 @@ def main() -> None:
     parser.add_argument("--ctx_len", type=int, default=256)
     parser.add_argument("--n_splits", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="compile the blocks before the hookpoint, as caches of 2M+ tokens do",
-    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -221,11 +216,6 @@ def main() -> None:
         f"model: {name}; hookpoint {hookpoint}; device {device}; dtype {dtype}; "
         f"{n_tok} tokens; batch {batch_size} x {args.ctx_len}; threads {torch.get_num_threads()}"
     )
-    if args.compile:
-        began = time.perf_counter()
-        n = models.compile_blocks(model, [hookpoint])
-        models.forward_to_hooks(model, [hookpoint], tokens[:batch_size].long().to(device))
-        print(f"compiled {n} blocks in {time.perf_counter() - began:.1f} s (not timed below)")
     # Warm up (allocator, kernels) on one batch outside the measurement.
     writer_dir = work / "latents"
     time_writer(

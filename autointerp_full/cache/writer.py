@@ -36,9 +36,6 @@ PARTIAL = ".partial"
 MANIFEST = "manifest.json"
 TOKENS_FILE = "tokens.safetensors"
 CONFIG_FILE = "config.json"
-# Compiling the model's blocks costs about a minute up front and gains about a fifth of the
-# model pass on a CPU, so it is worth it only for long caches.
-COMPILE_MIN_TOKENS = 2_000_000
 
 # Non-zeros buffered on the host (per hookpoint) before a chunk is written: about 14 bytes
 # each, so this bounds the writer's memory at roughly 110 MB + one batch per hookpoint.
@@ -719,10 +716,6 @@ def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
     bos_id = tokenizer.bos_token_id if cfg.filter_bos else None
     if cfg.filter_bos and bos_id is None:
         log.warning("--filter_bos: the tokenizer has no BOS token; nothing is filtered")
-    tokens_left = (tokens.shape[0] - min(s.rows_done for s in states)) * tokens.shape[1]
-    if tokens_left >= COMPILE_MIN_TOKENS:
-        n = models.compile_blocks(model, todo)
-        log.info("compiling %d blocks before the hookpoints (the first batch is slower)", n)
     model_s = run_model(model, states, tokens, cfg.batch_size, bos_id, models.forward_to_hooks)
 
     for state in states:
