@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import MissingExtraError, UserError
+from .errors import MissingExtraError, UserError, one_line
 from .logs import log
 
 if TYPE_CHECKING:
@@ -67,13 +67,6 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
     return builder, files
 
 
-def _one_line(exc: BaseException, token: str | None) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if token:
-        text = text.replace(token, "***")
-    return text[:300]
-
-
 def _check_split(split: str) -> Any:
     """Parse the split spec early so that a typo names --dataset_split, not the dataset."""
     import datasets
@@ -82,7 +75,7 @@ def _check_split(split: str) -> Any:
         return datasets.ReadInstruction.from_spec(split)
     except (ValueError, AssertionError) as exc:
         raise UserError(
-            f"--dataset_split: invalid split {split!r}: {_one_line(exc, None)}"
+            f"--dataset_split: invalid split {split!r}: {one_line(exc, None)}"
         ) from None
 
 
@@ -106,14 +99,14 @@ def _load_local(path: Path, split: str, num_proc: int) -> Any:
         if _is_split_error(exc):
             raise UserError(
                 f"--dataset_split: {split!r} does not exist for local files (use 'train', "
-                f"optionally sliced, e.g. train[:10%]): {_one_line(exc, None)}"
+                f"optionally sliced, e.g. train[:10%]): {one_line(exc, None)}"
             ) from None
         raise UserError(
-            f"--dataset_repo: cannot read {str(path)!r}: {_one_line(exc, None)}"
+            f"--dataset_repo: cannot read {str(path)!r}: {one_line(exc, None)}"
         ) from None
     except Exception as exc:  # noqa: BLE001 - pyarrow/json errors have no common base
         raise UserError(
-            f"--dataset_repo: cannot read {str(path)!r}: {_one_line(exc, None)}"
+            f"--dataset_repo: cannot read {str(path)!r}: {one_line(exc, None)}"
         ) from None
 
 
@@ -128,7 +121,7 @@ def _load_hub(repo: str, split: str, token: str | None, num_proc: int) -> Any:
         sizes = {name: info.num_examples for name, info in splits.items() if info.num_examples}
     except Exception as exc:  # noqa: BLE001 - hub errors come in many types
         raise UserError(
-            f"--dataset_repo: cannot open dataset {repo!r}: {_one_line(exc, token)}"
+            f"--dataset_repo: cannot open dataset {repo!r}: {one_line(exc, token)}"
         ) from None
     names = [ri.splitname for ri in instruction._relative_instructions]
     unknown = [n for n in names if splits and n not in splits]
@@ -154,10 +147,10 @@ def _load_hub(repo: str, split: str, token: str | None, num_proc: int) -> Any:
         return datasets.load_dataset(repo, **kwargs)
     except ValueError as exc:
         if _is_split_error(exc):
-            raise UserError(f"--dataset_split: {_one_line(exc, token)}") from None
-        raise UserError(f"--dataset_repo: cannot load {repo!r}: {_one_line(exc, token)}") from None
+            raise UserError(f"--dataset_split: {one_line(exc, token)}") from None
+        raise UserError(f"--dataset_repo: cannot load {repo!r}: {one_line(exc, token)}") from None
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"--dataset_repo: cannot load {repo!r}: {_one_line(exc, token)}") from None
+        raise UserError(f"--dataset_repo: cannot load {repo!r}: {one_line(exc, token)}") from None
 
 
 def _column_names(ds: Any) -> list[str]:

@@ -16,3 +16,11 @@ class MissingExtraError(UserError):
         super().__init__(
             f"{purpose} needs the '{package}' package: pip install 'autointerp-full[{extra}]'"
         )
+
+
+def one_line(exc: BaseException, secret: str | None = None, limit: int = 300) -> str:
+    """An exception's message on one line, with `secret` (a token) masked before trimming."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if secret:
+        text = text.replace(secret, "***")
+    return text[:limit]

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import MissingExtraError, UserError
+from .errors import MissingExtraError, UserError, one_line
 from .logs import log
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def load_subject_model(
     try:
         model, tokenizer = _from_pretrained(source, torch_dtype, kwargs)
     except (OSError, ValueError) as exc:
-        raise UserError(f"--{param}: cannot load {name!r}: {_one_line(exc, token)}") from None
+        raise UserError(f"--{param}: cannot load {name!r}: {one_line(exc, token)}") from None
     if not load_in_8bit:
         model.to(device)
     model.eval()
@@ -171,13 +171,6 @@ def _from_pretrained(source: str, torch_dtype: Any, kwargs: dict[str, Any]) -> t
     tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, **{dtype_key: torch_dtype}, **kwargs)
     return model, tokenizer
-
-
-def _one_line(exc: BaseException, token: str | None) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if token:
-        text = text.replace(token, "***")
-    return text[:300]
 
 
 # ------------------------------------------------------------------------------------ hookpoints

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 ACTIVATIONS = ("topk", "relu", "jumprelu")
 SPARSIFY_FILES = ("cfg.json", "sae.safetensors")
@@ -317,9 +317,7 @@ def _download(repo: str, hookpoints: list[str], token: str | None) -> Path:
         patterns += [name for files, _ in _LOADERS for name in files]  # a one-model repo
         return Path(snapshot_download(repo, allow_patterns=patterns, token=token))
     except Exception as exc:  # network, auth and not-found errors all mean the same to the user
-        text = " ".join(str(exc).split())[:200]
-        if token:
-            text = text.replace(token, "***")
+        text = one_line(exc, token, limit=200)
         raise UserError(
             f"--sparse_model: cannot fetch {repo!r} from the Hugging Face hub "
             f"({type(exc).__name__}: {text})"
