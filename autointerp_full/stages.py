@@ -63,9 +63,7 @@ def select_latents(cfg: RunConfig, num_latents: int, latent_range: LatentRange =
 def cache_stage(cfg: RunConfig, latents_dir: Path) -> Path:
     from autointerp_full.cache import build_cache
 
-    if not cfg.hookpoints:
-        raise UserError("--hookpoints: give at least one module path, e.g. layers.16")
-    build_cache(cfg, Path(latents_dir))
+    build_cache(cfg, Path(latents_dir))  # it rejects an empty --hookpoints
     return Path(latents_dir)
 
 
