@@ -126,8 +126,36 @@ def llama8b(device: str, dtype: torch.dtype, **shape: int) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------------------------- timing
-def time_writer(model, coder, hookpoint, tokens, batch_size, n_splits, out_dir: Path):
-    """Seconds for the model pass (with chunk writes) and for the shard merge."""
+class Probe:
+    """A short matmul after every forward call, timed apart from the model pass.
+
+    On a shared machine the matmul rate swings by 30% from minute to minute; these probes give
+    the rate the hardware offered while the model actually ran.
+    """
+
+    def __init__(self, device: str, dtype: torch.dtype, size: int) -> None:
+        self.a = torch.randn(size, size, device=device).to(dtype)
+        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        self.flops = 0.0
+        self.seconds = 0.0
+
+    def forward(self, *args, **kwargs):
+        hidden = models.forward_to_hooks(*args, **kwargs)
+        self.sync()
+        began = time.perf_counter()
+        self.a @ self.a
+        self.sync()
+        self.seconds += time.perf_counter() - began
+        self.flops += 2 * self.a.shape[0] ** 3
+        return hidden
+
+    @property
+    def rate(self) -> float:
+        return self.flops / self.seconds if self.seconds else math.nan
+
+
+def time_writer(model, coder, hookpoint, tokens, batch_size, n_splits, out_dir: Path, probe=None):
+    """Seconds for the model pass (with chunk writes, less any probes) and for the shard merge."""
     folder = out_dir / hookpoint
     state = writer.HookpointCache(
         hookpoint, folder, {"hookpoint": hookpoint}, coder, coder.num_latents, n_splits
@@ -138,7 +166,10 @@ def time_writer(model, coder, hookpoint, tokens, batch_size, n_splits, out_dir: 
     n_seqs, ctx_len = tokens.shape
     if next(model.parameters()).is_cuda:
         torch.cuda.synchronize()
-    model_s = writer.run_model(model, [state], tokens, batch_size, None, models.forward_to_hooks)
+    forward = probe.forward if probe else models.forward_to_hooks
+    model_s = writer.run_model(model, [state], tokens, batch_size, None, forward)
+    if probe:
+        model_s -= probe.seconds
     began = time.perf_counter()
     config = {
         "hookpoint": hookpoint,
@@ -164,6 +195,12 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--ctx_len", type=int, default=256)
     parser.add_argument("--n_splits", type=int, default=5)
+    parser.add_argument(
+        "--probe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time a matmul after each forward call (the hardware's rate during the run)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
@@ -225,8 +262,9 @@ def main() -> None:
     # a shared machine this keeps the floor honest without blaming the writer for the load.
     size = 8192 if device.startswith("cuda") else 2048
     before = matmul_flops(device, dtype, size)
+    probe = Probe(device, dtype, size) if args.probe else None
     model_s, merge_s, reader = time_writer(
-        model, coder, hookpoint, tokens, batch_size, args.n_splits, writer_dir
+        model, coder, hookpoint, tokens, batch_size, args.n_splits, writer_dir, probe
     )
     after = matmul_flops(device, dtype, size)
     peak = max(before, after)
@@ -245,6 +283,12 @@ def main() -> None:
     )
     print(f"floor: {floor:,.0f} tokens/s")
     print(f"ratio (model pass): {rate / floor:.1%}; ratio (end to end): {total_rate / floor:.1%}")
+    if probe:
+        during = probe.rate / per_token
+        print(
+            f"matmul throughput between batches: {probe.rate / 1e9:,.1f} GFLOP/s; "
+            f"floor {during:,.0f} tokens/s; ratio (model pass) {rate / during:.1%}"
+        )
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -131,6 +131,19 @@ def test_cache_equals_dense_reference(tiny_model_dir, tiny_corpus, saes, hf_mode
     assert torch.equal(reader.firing_counts(), (got != 0).sum(0))
 
 
+def test_cpu_micro_batches_equal_dense_reference(
+    tiny_model_dir, tiny_corpus, saes, hf_model, tmp_path, monkeypatch
+):
+    # 3 rows per forward call: batches of 8 run as 3 + 3 + 2 and are stitched back together.
+    monkeypatch.setattr(writer, "CPU_FORWARD_TOKENS", 3 * CTX)
+    calls = count_forward_calls(monkeypatch)
+    cfg = make_cfg(tiny_model_dir, saes["topk"], tiny_corpus)
+    reader = CacheReader(build_cache(cfg, tmp_path / "latents")[HOOK])
+    assert calls["n"] == 3 * N_TOKENS // CTX // cfg.batch_size
+    ref = reference_dense(hf_model, reader.tokens(), saes["topk"], cfg.batch_size)
+    assert_close_to_reference(cache_dense(reader), ref, 8)
+
+
 def test_shard_layout(tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path):
     from safetensors import safe_open
 
