@@ -443,6 +443,43 @@ def test_memory_stays_bounded(tiny_model_dir, tmp_path):
     assert growth < 3 * token_bytes + 16e6, f"peak RSS grew by {growth / 1e6:.1f} MB"
 
 
+def test_parallel_shard_merge_of_many_chunks(tmp_path, monkeypatch):
+    # Small merge blocks force both paths: blocks of latents, and one heavy latent copied in
+    # pieces. Every shard is merged on its own thread.
+    monkeypatch.setattr(writer, "MERGE_ENTRIES", 90)
+    n_seqs, ctx_len, num_latents, batch = 24, 8, 30, 4
+    gen = torch.Generator().manual_seed(0)
+    state = writer.HookpointCache("h", tmp_path / "h", {"k": 1}, None, num_latents, 3)
+    state.partial.mkdir(parents=True)
+    tokens_file = state.partial / writer.TOKENS_FILE
+    writer._save_tokens(tokens_file, torch.zeros(n_seqs, ctx_len, dtype=torch.int32))
+    dense = torch.zeros(n_seqs * ctx_len, num_latents)
+    saver = writer.Saver()
+    for row in range(0, n_seqs, batch):
+        n_pos = batch * ctx_len
+        rows = torch.arange(n_pos).repeat_interleave(3)
+        latents = torch.randint(0, num_latents, (3 * n_pos,), generator=gen)
+        latents[::3] = 7  # latent 7 fires everywhere: more than one block
+        values = torch.rand(3 * n_pos, generator=gen) + 0.5
+        dense[rows + row * ctx_len, latents] = values.half().float()
+        keep = dense[rows + row * ctx_len, latents] == values.half().float()  # drop repeats
+        state.add(writer.sort_batch(rows[keep], latents[keep], values[keep], n_pos, row, ctx_len))
+        if row % (2 * batch) == batch:
+            state.flush(row + batch, n_seqs, ctx_len, saver)
+    saver.close()
+    assert state.chunks == n_seqs // (2 * batch)
+    config = {"hookpoint": "h", "num_latents": num_latents, "n_seqs": n_seqs, "ctx_len": ctx_len}
+    writer.finish(state, tokens_file, config, n_seqs, ctx_len)
+    reader = CacheReader(state.folder)
+    for latent in range(num_latents):
+        locations, values = reader.latent(latent)
+        flat = locations[:, 0].long() * ctx_len + locations[:, 1].long()
+        expected = dense[:, latent].nonzero().squeeze(1)
+        assert torch.equal(flat, expected), latent
+        assert torch.equal(values.float(), dense[expected, latent]), latent
+    assert not state.partial.exists()
+
+
 # ------------------------------------------------------------------------------ reader
 def test_reader_reads_one_shard_only(tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path):
     cfg = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus, n_splits=4)

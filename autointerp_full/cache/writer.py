@@ -43,8 +43,10 @@ CHUNK_ENTRIES = 8_000_000
 # Sorted batch runs buffered before a chunk is written; with many latents fewer, so that the
 # [runs, latents] count table of a flush stays near 32 MB.
 CHUNK_RUNS = 256
-# Entries merged in memory at once when chunks are combined into a shard.
+# Entries merged in memory at once when chunks are combined into shards (shared by the
+# merge threads), and the most shards merged at once.
 MERGE_ENTRIES = 8_000_000
+MERGE_WORKERS = 8
 _FP16_MAX = 65504.0
 # Tokens per forward call on a CPU (see forward_rows).
 CPU_FORWARD_TOKENS = 512
@@ -271,11 +273,12 @@ def merge_chunks(
     start: int,
     end: int,
     ctx_len: int,
+    block: int = MERGE_ENTRIES,
 ) -> int:
     """Stream chunk files of one shard into `out`; returns the number of entries.
 
     The header comes first from the summed per-latent counts; the data follows in blocks of
-    latents, each holding at most about MERGE_ENTRIES entries in memory.
+    latents, each holding at most about `block` entries in memory.
     """
     import torch
 
@@ -319,15 +322,15 @@ def merge_chunks(
             a = 0
             while a < end - start:
                 # Grow the block while it stays under the memory budget (at least one latent).
-                b = int(torch.searchsorted(offsets, offsets[a] + MERGE_ENTRIES, right=True)) - 1
+                b = int(torch.searchsorted(offsets, offsets[a] + block, right=True)) - 1
                 b = min(max(b, a + 1), end - start)
                 first = int(offsets[a])
-                if b == a + 1 and int(offsets[b]) - first > MERGE_ENTRIES:
+                if b == a + 1 and int(offsets[b]) - first > block:
                     # One heavy latent: its chunks' slices follow each other in location
                     # order, so copy them piece by piece.
                     for h, o in zip(handles, chunk_offsets, strict=True):
-                        for lo in range(int(o[a]), int(o[b]), MERGE_ENTRIES):
-                            hi = min(lo + MERGE_ENTRIES, int(o[b]))
+                        for lo in range(int(o[a]), int(o[b]), block):
+                            hi = min(lo + block, int(o[b]))
                             put(first, _load_slice(h, lo, hi, ctx_len))
                             first += hi - lo
                 else:
@@ -621,28 +624,43 @@ def run_model(
 def finish(
     state: HookpointCache, tokens_file: Path, config: dict[str, Any], n_seqs: int, ctx_len: int
 ) -> None:
-    """Merge every shard's chunks, move the tokens in, write config.json, drop .partial/."""
-    shards = []
-    for i, (start, end) in enumerate(state.bounds):
+    """Merge every shard's chunks, move the tokens in, write config.json, drop .partial/.
+
+    Shards are merged on parallel threads (torch and file reads release the GIL), sharing one
+    memory budget.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [
+        (i, start, end)
+        for i, (start, end) in enumerate(state.bounds)
+        if i not in state.merged or not (state.folder / shard_name(i)).exists()
+    ]
+    workers = max(1, min(len(todo), os.cpu_count() or 1, MERGE_WORKERS))
+    budget = max(MERGE_ENTRIES // workers, 1)
+    lock = threading.Lock()
+
+    def merge(i: int, start: int, end: int) -> None:
         out = state.folder / shard_name(i)
-        if i not in state.merged or not out.exists():
-            files = [state.chunk_file(c, i) for c in range(state.chunks)]
-            if len(files) == 1:
-                os.replace(files[0], out)  # a chunk already has the shard format
-            else:
-                merge_chunks(files, out, start, end, ctx_len)
-                for f in files:
-                    f.unlink()
+        files = [state.chunk_file(c, i) for c in range(state.chunks)]
+        if len(files) == 1:
+            os.replace(files[0], out)  # a chunk already has the shard format
+        else:
+            merge_chunks(files, out, start, end, ctx_len, budget)
+            for f in files:
+                f.unlink()
+        with lock:
             state.merged.append(i)
             atomic_write_json(state.partial / MANIFEST, state.manifest(n_seqs, ctx_len))
-        shards.append(
-            {
-                "file": shard_name(i),
-                "start": start,
-                "end": end,
-                "n": _entries(state.folder / shard_name(i)),
-            }
-        )
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="cache-merge") as pool:
+        for job in [pool.submit(merge, *args) for args in todo]:
+            job.result()
+    shards = [
+        {"file": name, "start": start, "end": end, "n": _entries(state.folder / name)}
+        for name, (start, end) in ((shard_name(i), b) for i, b in enumerate(state.bounds))
+    ]
     target = state.folder / TOKENS_FILE
     if tokens_file != target:
         shutil.copyfile(tokens_file, target)
