@@ -3,7 +3,10 @@
 Caches tokens with the real writer (model pass, sparse encoding, chunk files, shard merge) and
 compares tokens/s with a floor: the FLOPs per token up to and including the hooked layer
 (2 * parameters used + attention 2 * 2 * T * d per layer + SAE encoder 2 * d * L) divided by the
-measured throughput of a large dense matmul in the same dtype.
+measured throughput of a large dense matmul in the same dtype. The headline ratio takes the
+best matmul rate seen just before or after the run; a second ratio takes the rate of a matmul
+timed after every forward call (the probe time is left out of the model pass), which is what
+the hardware actually offered during the run on a shared machine.
 
     python bench/cache_throughput.py                          # SmolLM2-135M (GGUF), demo SAE, CPU
     python bench/cache_throughput.py --tiny                   # the tests' tiny Llama, random SAE
