@@ -654,9 +654,13 @@ def finish(
             state.merged.append(i)
             atomic_write_json(state.partial / MANIFEST, state.manifest(n_seqs, ctx_len))
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="cache-merge") as pool:
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="cache-merge")
+    try:
         for job in [pool.submit(merge, *args) for args in todo]:
             job.result()
+    finally:
+        # On Ctrl-C or a failed shard, finish the merges under way but start no others.
+        pool.shutdown(wait=True, cancel_futures=True)
     shards = [
         {"file": name, "start": start, "end": end, "n": _entries(state.folder / name)}
         for name, (start, end) in ((shard_name(i), b) for i, b in enumerate(state.bounds))
