@@ -125,7 +125,9 @@ def llama8b(device: str, dtype: torch.dtype, **shape: int) -> torch.nn.Module:
                 param.normal_(0.0, 0.02, generator=gen)
     with torch.device(device):  # its inv_freq buffer was left empty by to_empty
         model.model.rotary_emb = LlamaRotaryEmbedding(config)
-    return model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
+    models.fuse_rms_norms(model)  # as load_subject_model does
+    return model
 
 
 # ---------------------------------------------------------------------------------- timing

@@ -12,6 +12,7 @@ from conftest import TINY_HIDDEN, TINY_LAYERS
 from autointerp_full.errors import UserError
 from autointerp_full.models import (
     forward_to_hooks,
+    fuse_rms_norms,
     hidden_size,
     hookpoint_path,
     load_subject_model,
@@ -105,6 +106,37 @@ def test_unknown_hookpoint_lists_closest(tiny) -> None:
 
 
 # -------------------------------------------------------------------------- truncated forward
+def test_fused_rms_norms_match_transformers(tiny, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    loaded, tokenizer = tiny  # the loader switches them
+    assert sum("forward" in vars(m) for m in loaded.modules()) == 2 * TINY_LAYERS + 1
+    model, plain = (AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)) for _ in "ab")
+    with torch.no_grad():  # weights away from 1, so that a norm that ignored them would show
+        for p in (*model.parameters(), *plain.parameters()):
+            if p.dim() == 1:
+                p.copy_(torch.linspace(0.5, 1.5, p.numel()))
+    assert fuse_rms_norms(model) == 2 * TINY_LAYERS + 1  # two per layer and the final norm
+    assert fuse_rms_norms(model) == 0  # already switched
+    x = ids(tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x).logits, plain.eval()(x).logits)
+
+
+def test_other_norm_formulas_are_left_alone() -> None:
+    class GemmaStyleRMSNorm(torch.nn.Module):  # scales by 1 + weight
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(8))
+            self.eps = 1e-6
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+            return x * (1.0 + self.weight)
+
+    assert fuse_rms_norms(torch.nn.Sequential(GemmaStyleRMSNorm())) == 0
+
+
 def test_forward_to_hooks_matches_full_forward(tiny) -> None:
     model, tokenizer = tiny
     x = ids(tokenizer)
