@@ -61,7 +61,14 @@ class Progress:
 
     def status(self) -> str:
         text = f"{self.done}" + (f"/{self.total}" if self.total else "")
-        text += f" {self.unit}, {self.rate:,.1f} {self.unit}/s"
+        rate = self.rate
+        # Slow work (an LLM explaining latents) reads better per minute than as "0.0/s".
+        pace = (
+            f"{rate:,.1f} {self.unit}/s"
+            if rate >= 1 or rate == 0
+            else f"{rate * 60:,.1f} {self.unit}/min"
+        )
+        text += f" {self.unit}, {pace}"
         if self.total and self.rate > 0:
             text += f", ETA {format_duration((self.total - self.done) / self.rate)}"
         return text
