@@ -134,12 +134,15 @@ def test_cache_equals_dense_reference(tiny_model_dir, tiny_corpus, saes, hf_mode
 def test_cpu_micro_batches_equal_dense_reference(
     tiny_model_dir, tiny_corpus, saes, hf_model, tmp_path, monkeypatch
 ):
-    # 3 rows per forward call: batches of 8 run as 3 + 3 + 2 and are stitched back together.
-    monkeypatch.setattr(writer, "CPU_FORWARD_TOKENS", 3 * CTX)
+    # About 3 rows per forward call: batches of 8 run as 3 + 3 + 2 and are stitched together.
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(writer, "CPU_TOKENS_PER_THREAD", -(-3 * CTX // threads))
     calls = count_forward_calls(monkeypatch)
     cfg = make_cfg(tiny_model_dir, saes["topk"], tiny_corpus)
+    step = writer.forward_rows(torch.device("cpu"), cfg.batch_size, CTX)
+    assert 1 < step < cfg.batch_size
     reader = CacheReader(build_cache(cfg, tmp_path / "latents")[HOOK])
-    assert calls["n"] == 3 * N_TOKENS // CTX // cfg.batch_size
+    assert calls["n"] == -(-cfg.batch_size // step) * N_TOKENS // CTX // cfg.batch_size
     ref = reference_dense(hf_model, reader.tokens(), saes["topk"], cfg.batch_size)
     assert_close_to_reference(cache_dense(reader), ref, 8)
 
