@@ -190,14 +190,14 @@ def _is_plain_rms_norm(module: torch.nn.Module) -> bool:
         return False
     if not isinstance(weight, torch.nn.Parameter) or weight.dim() != 1:
         return False
-    gen = torch.Generator(device=weight.device).manual_seed(0)
-    x = torch.randn(4, weight.shape[0], generator=gen, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        try:
+    try:
+        gen = torch.Generator(device=weight.device).manual_seed(0)
+        x = torch.randn(4, len(weight), generator=gen, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
             theirs = module(x)
-        except Exception:  # a norm with another signature: leave it alone
-            return False
-        ours = F.rms_norm(x, weight.shape, weight, eps)
+            ours = F.rms_norm(x, weight.shape, weight, eps)
+    except Exception:  # another signature, or weights not materialised: leave it alone
+        return False
     tolerance = 1e-5 if weight.dtype == torch.float32 else 2e-2
     return theirs.shape == ours.shape and torch.allclose(
         theirs.float(), ours.float(), rtol=tolerance, atol=tolerance
