@@ -30,6 +30,9 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None
+    # Why generation stopped, as OpenAI names it ("stop", "length", ...); None when unknown.
+    # "length" means the answer was cut off at max_tokens (explainers treat it as a failure).
+    finish_reason: str | None = None
 
 
 @dataclass

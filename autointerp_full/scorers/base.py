@@ -38,8 +38,16 @@ class Scorer:
         self.prompts = prompts
         self.cfg = cfg
 
-    async def score(self, record: LatentRecord, explanation: str | None) -> dict[str, Any]:
-        """The score file's JSON for one latent; LLM failures are recorded, never raised."""
+    async def score(
+        self,
+        record: LatentRecord,
+        explanation: str | None,
+        previous: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The score file's JSON for one latent; LLM failures are recorded, never raised.
+
+        `previous` is an earlier result of this scorer on the same record and explanation
+        (the caller checks that); only its failed batches are asked again."""
         if self.needs_explanation and not explanation:
             return self.result(record, explanation, [], {}, "no explanation to score")
         if not record.test and not record.non_activating:
