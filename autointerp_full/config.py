@@ -129,6 +129,23 @@ class RunConfig:
     num_examples_per_scorer_prompt: int = _opt(
         5, "Examples shown in one scorer prompt.", "scoring", type=int, min=1
     )
+    answer_retries: int = _opt(
+        2,
+        "Times an LLM answer that cannot be read (no explanation marker, cut off at the token "
+        "limit, not a list of the right length) is asked again before it counts as failed. "
+        "Failed answers are left out of every metric and counted.",
+        "scoring",
+        type=int,
+        min=0,
+    )
+    highlight_threshold: float = _opt(
+        0.3,
+        "Tokens whose activation reaches this fraction of the strongest activation in their "
+        "example are marked <<like this>>, in explainer and scorer prompts alike (one rule).",
+        "scoring",
+        type=float,
+        min=0.0,
+    )
 
     # Dataset and caching parameters
     dataset_repo: str = _opt(
@@ -274,6 +291,10 @@ class RunConfig:
         if self.explainer_provider in ("vllm",) and not self.explainer_api_base_url:
             raise ConfigError(
                 "explainer_api_base_url", "is required with --explainer_provider vllm"
+            )
+        if self.highlight_threshold > 1:
+            raise ConfigError(
+                "highlight_threshold", f"must be at most 1 (got {self.highlight_threshold})"
             )
         if self.example_ctx_len > self.cache_ctx_len:
             raise ConfigError(
