@@ -221,6 +221,13 @@ class RunConfig:
     verbose: bool = _opt(True, "Detailed logging.", "technical")
     filter_bos: bool = _opt(False, "Drop activations on beginning-of-sequence tokens.", "technical")
     log_probs: bool = _opt(False, "Gather log-probabilities from the LLM.", "technical")
+    structured_output: str = _opt(
+        "auto",
+        "Constrain scorer answers to their JSON schema: auto (where the server or engine "
+        "supports it), on (required; stop if unsupported), off (prompts and parsers only).",
+        "explainer",
+        choices=("auto", "on", "off"),
+    )
     load_in_8bit: bool = _opt(False, "Load the subject model in 8 bits (CUDA only).", "technical")
     hf_token: str | None = _opt(
         None, "Hugging Face token (default: $HF_TOKEN). Never saved.", "technical"
