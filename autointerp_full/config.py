@@ -32,6 +32,8 @@ CACHE_KEY_FIELDS = (
     "cache_ctx_len",
     "batch_size",
     "filter_bos",
+    "dtype",
+    "load_in_8bit",
 )
 
 # Never persisted: run_config.json, logs and pipeline specs leave these out.
