@@ -7,6 +7,8 @@ a stream of documents into an int32 [n_rows, ctx_len] tensor, tokenising only wh
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ _BUILDERS = {
 }
 _ITER_BATCH = 1000  # rows fetched from a dataset at a time
 _MAX_CHARS = 500_000  # text tokenised per call: bounds the memory of Python token lists
+_PROBE_ROWS = 1000  # rows probe_texts reads at most, looking for text
 
 
 def _builder_for(path: Path) -> str | None:
@@ -110,8 +113,8 @@ def _load_local(path: Path, split: str, num_proc: int) -> Any:
         ) from None
 
 
-def _load_hub(repo: str, split: str, token: str | None, num_proc: int) -> Any:
-    """A hub dataset, streamed when the split's row range can be worked out without downloading."""
+def _hub_splits(repo: str, split: str, token: str | None) -> tuple[Any, dict[str, int]]:
+    """(parsed split, rows per known split) of a hub dataset, from its metadata only."""
     import datasets
 
     instruction = _check_split(split)
@@ -129,6 +132,15 @@ def _load_hub(repo: str, split: str, token: str | None, num_proc: int) -> Any:
         raise UserError(
             f"--dataset_split: no split {unknown[0]!r} in {repo!r}; splits: {', '.join(splits)}"
         )
+    return instruction, sizes
+
+
+def _load_hub(repo: str, split: str, token: str | None, num_proc: int) -> Any:
+    """A hub dataset, streamed when the split's row range can be worked out without downloading."""
+    import datasets
+
+    instruction, sizes = _hub_splits(repo, split, token)
+    names = [ri.splitname for ri in instruction._relative_instructions]
     if all(n in sizes for n in names):
         # Stream only the rows the split asks for: no full download for train[:1%].
         parts = []
@@ -186,12 +198,128 @@ def load_texts(
     else:
         ds = _load_hub(repo, split, token, num_proc)
 
+    _check_column(ds, repo, column)
+    return _iter_column(ds, column)
+
+
+def _check_column(ds: Any, repo: str, column: str) -> None:
     columns = _column_names(ds)
+    if not columns:
+        raise UserError(f"--dataset_repo: {repo!r} holds no rows")
     if column not in columns:
         raise UserError(
             f"--dataset_column: no column {column!r} in {repo!r}; columns: {', '.join(columns)}"
         )
-    return _iter_column(ds, column)
+
+
+def _streamable(instruction: Any) -> bool:
+    """One slice of a split, found by streaming: no percentages, no negative indices."""
+    parts = instruction._relative_instructions
+    return len(parts) == 1 and all(
+        ri.unit != "%" and (ri.from_ or 0) >= 0 and (ri.to is None or ri.to >= 0) for ri in parts
+    )
+
+
+def _stream_range(ds: Any, instruction: Any) -> Any:
+    """The first slice of a split spec, applied to a stream of its split."""
+    first = instruction._relative_instructions[0]
+    start = first.from_ or 0
+    ds = ds.skip(start) if start else ds
+    return ds.take(first.to - start) if first.to is not None else ds
+
+
+def probe_texts(repo: str, split: str, column: str, *, token: str | None = None) -> None:
+    """Check, reading only a little, that the dataset opens, the split is valid, the column
+    exists and the split holds some text. Errors are the same one-line UserErrors as
+    load_texts'; the texts themselves are read later by load_texts."""
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("datasets", "dev", "Loading a text dataset") from None
+    with _quiet_datasets():
+        _probe(repo, split, column, token)
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars or logged errors from datasets: a failed probe is our one-line error."""
+    from datasets.utils import logging as ds_logging
+
+    bars = ds_logging.is_progress_bar_enabled()
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    ds_logging.disable_progress_bar()
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bars:
+            ds_logging.enable_progress_bar()
+
+
+def _probe(repo: str, split: str, column: str, token: str | None) -> None:
+    import datasets
+
+    path = Path(repo).expanduser()
+    if path.exists():
+        instruction = _check_split(split)
+        builder, files = _local_files(path)
+        if all(Path(f).stat().st_size == 0 for f in files):
+            raise UserError(f"--dataset_repo: {repo!r} is empty (no rows)")
+        names = {ri.splitname for ri in instruction._relative_instructions}
+        if names != {"train"} or not _streamable(instruction):
+            # A percentage or a negative index needs the row count: load as the run will
+            # (datasets caches the result, so the run's own load is then cheap).
+            ds = _load_local(path, split, 1)
+        else:
+            try:
+                stream = datasets.load_dataset(
+                    builder, data_files={"train": files}, split="train", streaming=True
+                )
+                ds = _stream_range(stream, instruction)
+            except Exception as exc:  # noqa: BLE001 - pyarrow/json errors have no common base
+                raise UserError(
+                    f"--dataset_repo: cannot read {str(path)!r}: {one_line(exc, None)}"
+                ) from None
+    elif repo.startswith((".", "/", "~")) or repo.endswith(tuple(_BUILDERS)):
+        raise UserError(f"--dataset_repo: no such file or directory: {repo!r}")
+    else:
+        instruction, _sizes = _hub_splits(repo, split, token)
+        first = instruction._relative_instructions[0]
+        try:
+            ds = datasets.load_dataset(repo, split=first.splitname, streaming=True, token=token)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(
+                f"--dataset_repo: cannot open {repo!r}: {one_line(exc, token)}"
+            ) from None
+        if _streamable(instruction):
+            ds = _stream_range(ds, instruction)
+    try:
+        _check_column(ds, repo, column)
+        found = _first_text(ds, column)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bad row surfaces only when read
+        raise UserError(f"--dataset_repo: cannot read {repo!r}: {one_line(exc, token)}") from None
+    if found is False:
+        raise UserError(
+            f"--dataset_repo: split {split!r} of {repo!r} has no text in column {column!r}"
+        )
+
+
+def _first_text(ds: Any, column: str) -> bool | None:
+    """True when one of the first _PROBE_ROWS rows has text, False when the split ends
+    before any does, None when that many rows were all empty (no verdict)."""
+    seen = 0
+    for row in ds.select_columns([column]) if hasattr(ds, "select_columns") else ds:
+        if row[column]:
+            return True
+        seen += 1
+        if seen >= _PROBE_ROWS:
+            log.warning("--dataset_column: the first %d rows of %r are empty", seen, column)
+            return None
+    return False
 
 
 def _iter_column(ds: Any, column: str) -> Iterator[str]:

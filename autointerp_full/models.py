@@ -221,6 +221,82 @@ def _model_source(name: str, param: str) -> tuple[str, str | None]:
     return name, None
 
 
+def check_device(device: str, load_in_8bit: bool = False) -> str:
+    """The device a run will use, checked without loading anything: the string parses, the
+    device exists, and --load_in_8bit has CUDA. Returns the resolved device."""
+    import torch
+
+    try:
+        parsed = torch.device(device if device != "auto" else "cpu")
+    except (RuntimeError, ValueError):
+        raise UserError(
+            f"--device: {device!r} is not a device (use auto, cpu, cuda, cuda:N or mps)"
+        ) from None
+    resolved = resolve_device(device)
+    if parsed.type == "cuda" and parsed.index is not None:
+        count = torch.cuda.device_count()
+        if parsed.index >= count:
+            raise UserError(f"--device: {device!r} does not exist; {count} CUDA GPU(s) visible")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device: {device!r} was asked for but MPS is not available")
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device: {device!r} is not supported (use auto, cpu, cuda, cuda:N)")
+    if load_in_8bit:
+        if not resolved.startswith("cuda"):
+            raise UserError(
+                f"--load_in_8bit: needs a CUDA GPU (device is {resolved!r}); drop the flag "
+                "to load in full precision"
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise MissingExtraError("bitsandbytes", "bnb", "--load_in_8bit")
+    return resolved
+
+
+def check_model_source(name: str, *, token: str | None = None, param: str = "model") -> None:
+    """A local model file or folder exists, or a hub model's config loads; no weights."""
+    source, gguf_file = _model_source(name, param)
+    if gguf_file is not None or Path(source).is_dir():
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(source, token=token)
+    except Exception as exc:  # noqa: BLE001 - hub and parsing errors alike
+        raise UserError(f"--{param}: cannot load {name!r}: {one_line(exc, token)}") from None
+
+
+def inspect_model(
+    name: str, hookpoints: list[str], *, token: str | None = None, param: str = "model"
+) -> dict[str, Any]:
+    """Check a subject model without loading its weights: its config loads (hub id, local
+    folder or .gguf), it builds on the meta device, and every hookpoint is a module in it.
+
+    Returns {"hidden_size": int, "modules": {hookpoint: full module path}}. The tokenizer of a
+    hub or folder model is loaded too (cheap); a .gguf file carries its own.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source, gguf_file = _model_source(name, param)
+    kwargs: dict[str, Any] = {"token": token}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        if gguf_file is None:
+            AutoTokenizer.from_pretrained(source, token=token)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as exc:  # noqa: BLE001 - hub, parsing and architecture errors alike
+        raise UserError(f"--{param}: cannot load {name!r}: {one_line(exc, token)}") from None
+    modules = {hp: hookpoint_path(model, hp) for hp in dict.fromkeys(hookpoints)}
+    try:
+        width = hidden_size(model)
+    except ValueError as exc:
+        raise UserError(f"--{param}: {name!r}: {exc}") from None
+    return {"hidden_size": width, "modules": modules}
+
+
 def _from_pretrained(source: str, torch_dtype: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer

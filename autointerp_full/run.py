@@ -9,11 +9,13 @@ from pathlib import Path
 
 from autointerp_full.config import RunConfig
 from autointerp_full.errors import UserError
+from autointerp_full.preflight import check_inputs
 
 log = logging.getLogger(__name__)
 
 
 def run_all(cfg: RunConfig) -> int:
+    check_inputs(cfg)  # validate first: nothing in the run folder is touched before this
     from autointerp_full import stages
 
     if not cfg.hookpoints:

@@ -25,6 +25,7 @@ __all__ = [
     "StageUsage",
     "TokenLogprob",
     "Usage",
+    "check_llm",
     "make_client",
 ]
 
@@ -45,3 +46,19 @@ def make_client(cfg: RunConfig, stage: str, *, check: bool = True) -> LLMClient:
 
         return OfflineClient(cfg, stage)
     raise UserError(f"--explainer_provider: unknown provider {provider!r}")
+
+
+def check_llm(cfg: RunConfig) -> None:
+    """Fail fast, before any work, with a one-line UserError: a remote provider's server must
+    answer, serve --explainer_model and have its API key; an offline --explainer_model must
+    exist (a local file or folder) or have a config that loads (a hub id). Loads no weights."""
+    if cfg.explainer_provider in ("vllm", "openrouter"):
+        from autointerp_full.llm.openai_compat import OpenAICompatClient
+
+        OpenAICompatClient.from_config(cfg, "check").check_models()
+    elif cfg.explainer_provider == "offline":
+        from autointerp_full.models import check_model_source
+
+        check_model_source(cfg.explainer_model, token=cfg.token, param="explainer_model")
+    else:
+        raise UserError(f"--explainer_provider: unknown provider {cfg.explainer_provider!r}")
