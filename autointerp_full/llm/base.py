@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class LLMError(Exception):
@@ -19,6 +19,9 @@ class LLMError(Exception):
 
 @dataclass
 class TokenLogprob:
+    """One answer token. An answer opening handed to a local model appears as one entry with
+    logprob 0.0 (it was given, so certain), so answers read the same with or without one."""
+
     token: str
     logprob: float
     top: dict[str, float] = field(default_factory=dict)
@@ -108,6 +111,7 @@ class LLMClient(Protocol):
         temperature: float = 0.0,
         logprobs: bool = False,
         top_logprobs: int = 0,
+        schema: dict[str, Any] | None = None,
     ) -> Completion: ...
 
     def with_stage(self, stage: str) -> LLMClient: ...

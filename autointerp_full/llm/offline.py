@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import importlib.util
+import json
 import logging
 import os
 import threading
@@ -24,6 +25,7 @@ from typing import Any
 
 from autointerp_full.config import RunConfig
 from autointerp_full.errors import MissingExtraError
+from autointerp_full.llm import structured
 from autointerp_full.llm.base import Completion, LLMError, TokenLogprob, Usage, check_messages
 
 log = logging.getLogger("autointerp_full.llm")
@@ -37,6 +39,7 @@ class SamplingKey:
     temperature: float
     logprobs: bool
     top_logprobs: int
+    schema: str | None = None  # canonical JSON of the schema the answer is constrained to
 
 
 @dataclass
@@ -76,6 +79,25 @@ def split_answer_prefix(messages: list[dict[str, str]]) -> tuple[list[dict[str, 
     return messages, ""
 
 
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """A Hugging Face tokenizer's prompt ids: the chat template (or plain lines) opening the
+    assistant turn, followed by the answer's opening when the last message holds one."""
+    messages, prefix = split_answer_prefix(messages)
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(text + prefix, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(plain_prompt(messages) + prefix)["input_ids"])
+
+
+def with_opening(completion: Completion, opening: str) -> Completion:
+    """The completion's log-probabilities with the handed-over opening in front (logprob 0: it
+    was given), so the answer's first tokens ("[", "1:") are where readers look for them."""
+    if opening and completion.logprobs is not None:
+        given = TokenLogprob(opening, 0.0, {opening: 0.0})
+        completion.logprobs = [given, *completion.logprobs]
+    return completion
+
+
 class TransformersEngine:
     """Left-padded batched `model.generate`, greedy at temperature 0."""
 
@@ -100,20 +122,11 @@ class TransformersEngine:
             or cfg.explainer_model_max_len
         )
         self.max_len = min(cfg.explainer_model_max_len, limit)
-        self.has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.generate_calls = 0
         self.lock = threading.Lock()  # two stages' batchers may share one engine
 
     def encode(self, messages: list[dict[str, str]], max_new: int) -> list[int]:
-        messages, prefix = split_answer_prefix(messages)
-        if self.has_template:
-            text = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-            ids = self.tokenizer(text + prefix, add_special_tokens=False)["input_ids"]
-        else:
-            ids = self.tokenizer(plain_prompt(messages) + prefix)["input_ids"]
-        return fit_context(list(ids), self.max_len, max_new)
+        return fit_context(chat_ids(self.tokenizer, messages), self.max_len, max_new)
 
     def run(self, prompts: list[list[int]], key: SamplingKey) -> list[Completion]:
         import torch
@@ -125,8 +138,9 @@ class TransformersEngine:
             input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
             device = next(self.model.parameters()).device
+            max_new = max(1, min(key.max_tokens, self.max_len - width))
             kwargs: dict[str, Any] = {
-                "max_new_tokens": max(1, min(key.max_tokens, self.max_len - width)),
+                "max_new_tokens": max_new,
                 "pad_token_id": pad,
                 "return_dict_in_generate": True,
                 "output_logits": key.logprobs,
@@ -150,6 +164,7 @@ class TransformersEngine:
         for row, prompt in enumerate(prompts):
             ids = new[row].tolist()
             n = next((i for i, t in enumerate(ids) if t in eos), len(ids))
+            finish = "length" if n == len(ids) and n >= max_new else "stop"
             ids = ids[:n]
             logprobs = None
             if steps is not None:
@@ -164,7 +179,7 @@ class TransformersEngine:
                             top.setdefault(tok.decode([j]), float(v))
                     logprobs.append(TokenLogprob(tok.decode([t]), float(dist[t]), top))
             text = tok.decode(ids, skip_special_tokens=True)
-            results.append(Completion(text, len(prompt), len(ids), logprobs))
+            results.append(Completion(text, len(prompt), len(ids), logprobs, finish))
         return results
 
 
@@ -196,28 +211,37 @@ class VLLMEngine:
         self.lock = threading.Lock()
 
     def encode(self, messages: list[dict[str, str]], max_new: int) -> list[int]:
-        if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True
-            )
-        else:
-            ids = self.tokenizer(plain_prompt(messages))["input_ids"]
-        room = max(1, self.max_len - max_new)
-        if len(ids) > room:
-            log.warning(
-                "offline explainer: prompt of %d tokens truncated to its last %d", len(ids), room
-            )
-            ids = ids[-room:]
-        return list(ids)
+        """As the transformers engine: the assistant turn stays open and continues the answer's
+        opening (a template closing the turn would make the model start a new answer, while
+        the scorer reads the opening as part of it)."""
+        return fit_context(chat_ids(self.tokenizer, messages), self.max_len, max_new)
+
+    def sampling_params(self, key: SamplingKey) -> Any:
+        """vLLM SamplingParams for `key`; a schema becomes structured outputs (vLLM >= 0.12's
+        StructuredOutputsParams, else the older GuidedDecodingParams)."""
+        from vllm import SamplingParams
+
+        kwargs: dict[str, Any] = {
+            "max_tokens": key.max_tokens,
+            "temperature": key.temperature,
+            "logprobs": max(key.top_logprobs, 1) if key.logprobs else None,
+        }
+        if key.schema is not None:
+            schema = json.loads(key.schema)
+            try:
+                from vllm.sampling_params import StructuredOutputsParams
+            except ImportError:
+                from vllm.sampling_params import GuidedDecodingParams
+
+                kwargs["guided_decoding"] = GuidedDecodingParams(json=schema)
+            else:
+                kwargs["structured_outputs"] = StructuredOutputsParams(json=schema)
+        return SamplingParams(**kwargs)
 
     def run(self, prompts: list[list[int]], key: SamplingKey) -> list[Completion]:
-        from vllm import SamplingParams, TokensPrompt
+        from vllm import TokensPrompt
 
-        params = SamplingParams(
-            max_tokens=key.max_tokens,
-            temperature=key.temperature,
-            logprobs=max(key.top_logprobs, 1) if key.logprobs else None,
-        )
+        params = self.sampling_params(key)
         with self.lock:
             self.generate_calls += 1
             outs = self.llm.generate(
@@ -234,7 +258,8 @@ class VLLMEngine:
                     top = {lp.decoded_token or "": lp.logprob for _, lp in ranked}
                     chosen = step[t]
                     logprobs.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob, top))
-            results.append(Completion(gen.text, len(prompt), len(gen.token_ids), logprobs))
+            finish = getattr(gen, "finish_reason", None)
+            results.append(Completion(gen.text, len(prompt), len(gen.token_ids), logprobs, finish))
         return results
 
 
@@ -262,6 +287,17 @@ class LlamaCppEngine:
             )
         self.generate_calls = 0
         self.lock = threading.Lock()  # one sequence at a time; stages may share the engine
+        self.grammars: dict[str, Any] = {}  # schema JSON -> compiled LlamaGrammar
+
+    def grammar(self, schema: str | None) -> Any:
+        """The GBNF grammar for a schema (llama-cpp-python's JSON-schema converter), cached."""
+        if schema is None:
+            return None
+        if schema not in self.grammars:
+            from llama_cpp import LlamaGrammar
+
+            self.grammars[schema] = LlamaGrammar.from_json_schema(schema, verbose=False)
+        return self.grammars[schema]
 
     def close(self) -> None:
         """Free the native models now: llama.cpp's finalisers fail during interpreter exit."""
@@ -318,6 +354,7 @@ class LlamaCppEngine:
             min_p=0.0,
             repeat_penalty=1.0,
             logprobs=max(1, key.top_logprobs) if key.logprobs else None,
+            grammar=self.grammar(key.schema),
         )
         choice = out["choices"][0]
         logprobs = None
@@ -332,7 +369,11 @@ class LlamaCppEngine:
                 logprobs.append(TokenLogprob(token, float(logprob), best))
         usage = out["usage"]
         return Completion(
-            choice["text"], usage["prompt_tokens"], usage["completion_tokens"], logprobs
+            choice["text"],
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+            logprobs,
+            choice.get("finish_reason"),
         )
 
 
@@ -405,6 +446,7 @@ class OfflineClient:
             "engine": None,
             "held": [],
             "owner": self,
+            "modes": structured.ModeLog(),
         }
 
     def __repr__(self) -> str:
@@ -423,6 +465,20 @@ class OfflineClient:
             self._shared["engine"] = get_engine(self.cfg)
         return self._shared["engine"]
 
+    def structured_mode(self) -> str:
+        """How this engine meets a schema: "grammar" (llama.cpp), "guided" (vLLM), "prefill"
+        (transformers: no constraint, the answer opening is handed over), or "prompt" (off)."""
+        if self.cfg.structured_output == "off":
+            return "prompt"
+        kind = engine_kind(self.cfg)
+        if kind == "llama.cpp":
+            return "grammar"
+        if kind == "vllm":
+            return "guided"
+        if self.cfg.structured_output == "on":
+            raise structured.unsupported("the offline transformers engine")
+        return "prefill"
+
     async def generate(
         self,
         messages: list[dict[str, str]],
@@ -431,15 +487,26 @@ class OfflineClient:
         temperature: float = 0.0,
         logprobs: bool = False,
         top_logprobs: int = 0,
+        schema: dict[str, Any] | None = None,
     ) -> Completion:
+        """One completion; with `schema`, decoding is constrained to it where the engine can
+        (then an answer opening in `messages` is dropped: the schema fixes the format)."""
         check_messages(messages)
+        constrain = None
+        if schema is not None:
+            mode = self.structured_mode()
+            self._shared["modes"].note(self.stage, mode)
+            if mode in ("grammar", "guided"):
+                constrain = structured.schema_key(schema)
         shared = self._shared
         if shared["queue"] is None:
             shared["queue"] = asyncio.Queue()
         if shared["worker"] is None or shared["worker"].done():
             shared["worker"] = asyncio.create_task(self._worker())
         future = asyncio.get_running_loop().create_future()
-        key = SamplingKey(max_tokens, float(temperature), bool(logprobs), int(top_logprobs))
+        key = SamplingKey(
+            max_tokens, float(temperature), bool(logprobs), int(top_logprobs), constrain
+        )
         await shared["queue"].put(_Pending(messages, key, future))
         try:
             completion: Completion = await future
@@ -489,6 +556,9 @@ class OfflineClient:
 
     def _run_sync(self, messages: list[list[dict[str, str]]], key: SamplingKey) -> list[Completion]:
         engine = self.engine
+        if key.schema is not None:  # the constraint starts the answer; no opening to continue
+            messages = [split_answer_prefix(m)[0] for m in messages]
+        openings = [split_answer_prefix(m)[1] for m in messages]
         prompts = [engine.encode(m, key.max_tokens) for m in messages]
         if isinstance(engine, LlamaCppEngine):  # neighbours share the longest prefixes
             order = sorted(range(len(prompts)), key=lambda i: prompts[i])
@@ -497,7 +567,7 @@ class OfflineClient:
         out: list[Completion | None] = [None] * len(prompts)
         results = self._run_split([prompts[i] for i in order], key)
         for i, completion in zip(order, results, strict=True):
-            out[i] = completion
+            out[i] = with_opening(completion, openings[i])
         return out  # type: ignore[return-value]
 
     def _run_split(self, prompts: list[list[int]], key: SamplingKey) -> list[Completion]:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from autointerp_full.config import OPENROUTER_URL, RunConfig
 from autointerp_full.errors import UserError
+from autointerp_full.llm import structured
 from autointerp_full.llm.base import (
     Completion,
     LLMError,
@@ -35,6 +36,11 @@ log = logging.getLogger("autointerp_full.llm")
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 LANE_SIZE = 4  # connections per httpx pool (see OpenAICompatClient._lanes)
 MAX_RETRY_AFTER = 600.0  # a server asking for longer is treated as asking for this
+PROBE_ATTEMPTS = 3  # a structured-output probe that keeps failing counts as "not supported"
+
+# (base URL, model) -> the response_format style the server honours, or "" for none. Probed once
+# per process, so the explain and score stages (and every with_stage view) share the answer.
+_STRUCTURED_SUPPORT: dict[tuple[str, str], str] = {}
 
 
 class _Retryable(Exception):
@@ -135,11 +141,13 @@ def parse_completion(body: bytes) -> Completion:
     except (KeyError, TypeError, ValueError):
         raise _Retryable("response has malformed logprobs") from None
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    finish = choices[0].get("finish_reason")
     return Completion(
         text=text,
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
         logprobs=logprobs,
+        finish_reason=str(finish) if finish is not None else None,
     )
 
 
@@ -167,6 +175,7 @@ class OpenAICompatClient:
         backoff_max: float = 30.0,
         api_key: str | None = None,
         usage: Usage | None = None,
+        structured_output: str = "auto",
     ) -> None:
         self.base_url = normalise_base_url(base_url)
         self.model = model
@@ -180,8 +189,21 @@ class OpenAICompatClient:
         self.usage = usage if usage is not None else Usage()
         self.usage.stage(stage)
         self._api_key = api_key
-        # Shared with with_stage() views: the lanes of httpx clients and the semaphore.
-        self._shared: dict[str, Any] = {"http": None, "sem": None, "owner": self}
+        if structured_output not in structured.SETTINGS:
+            raise UserError(
+                f"--structured_output: invalid choice {structured_output!r} "
+                f"(choose from {', '.join(structured.SETTINGS)})"
+            )
+        self.structured_output = structured_output
+        # Shared with with_stage() views: the lanes of httpx clients, the semaphore, and the
+        # structured-output probe (its lock, and which stages have logged their mode).
+        self._shared: dict[str, Any] = {
+            "http": None,
+            "sem": None,
+            "owner": self,
+            "probe_lock": None,
+            "modes": structured.ModeLog(),
+        }
 
     def __repr__(self) -> str:  # no key in reprs, logs or tracebacks
         return (
@@ -212,6 +234,7 @@ class OpenAICompatClient:
             request_timeout=cfg.request_timeout,
             max_retries=cfg.max_retries,
             api_key=key,
+            structured_output=cfg.structured_output,
         )
 
     def with_stage(self, stage: str) -> OpenAICompatClient:
@@ -333,6 +356,73 @@ class OpenAICompatClient:
             )
         raise LLMError(f"HTTP {resp.status_code} from {self.base_url}: {detail}")
 
+    # ------------------------------------------------------------------ structured output
+    async def structured_style(self) -> str:
+        """The response_format style this server honours ("" for none), probed once.
+
+        The probe asks "Say hello." under a schema whose only valid answer is
+        {"probe": "zq7"}: a server that ignores response_format answers something else, one
+        that rejects it answers HTTP 4xx; either way the next style is tried. Probe requests
+        are not counted in usage (they are not generate() calls). With --structured_output on,
+        no honoured style is a UserError."""
+        key = (self.base_url, self.model)
+        if key not in _STRUCTURED_SUPPORT:
+            if self._shared["probe_lock"] is None:
+                self._shared["probe_lock"] = asyncio.Lock()
+            async with self._shared["probe_lock"]:
+                if key not in _STRUCTURED_SUPPORT:
+                    _STRUCTURED_SUPPORT[key] = await self._probe()
+        style = _STRUCTURED_SUPPORT[key]
+        if not style and self.structured_output == "on":
+            raise structured.unsupported(f"the server at {self.base_url} (model {self.model})")
+        return style
+
+    async def _probe(self) -> str:
+        self._lanes()
+        sem: asyncio.Semaphore = self._shared["sem"]
+        for style in structured.STYLES:
+            body = {
+                "model": self.model,
+                "messages": structured.PROBE_MESSAGES,
+                "max_tokens": 24,
+                "temperature": 0.0,
+                "response_format": structured.response_format(style, structured.PROBE_SCHEMA),
+            }
+            payload = json.dumps(body).encode()
+            outcome = "no answer"
+            for attempt in range(PROBE_ATTEMPTS):
+                try:
+                    async with sem:
+                        completion = await self._attempt(payload)
+                except _Retryable as exc:
+                    outcome = str(exc)
+                    await asyncio.sleep(self._backoff(attempt, exc.wait))
+                    continue
+                except LLMError as exc:  # 4xx: this style is rejected
+                    outcome = str(exc)
+                    break
+                if structured.is_probe_answer(completion.text):
+                    log.info("%s honours response_format (%s)", self.base_url, style)
+                    return style
+                outcome = f"ignored (answered {completion.text[:60]!r})"
+                break
+            log.info("%s: response_format %s not honoured: %s", self.base_url, style, outcome)
+        return ""
+
+    async def _response_format(self, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The response_format field for this request, or None (and the stage's mode logged)."""
+        if schema is None:
+            return None
+        if self.structured_output == "off":
+            self._shared["modes"].note(self.stage, "prompt")
+            return None
+        style = await self.structured_style()
+        if not style:
+            self._shared["modes"].note(self.stage, "prompt")
+            return None
+        self._shared["modes"].note(self.stage, "response_format", style)
+        return structured.response_format(style, schema)
+
     async def generate(
         self,
         messages: list[dict[str, str]],
@@ -341,7 +431,9 @@ class OpenAICompatClient:
         temperature: float = 0.0,
         logprobs: bool = False,
         top_logprobs: int = 0,
+        schema: dict[str, Any] | None = None,
     ) -> Completion:
+        """One chat completion; with `schema`, constrained to it where the server can be."""
         check_messages(messages)
         body: dict[str, Any] = {
             "model": self.model,
@@ -352,6 +444,9 @@ class OpenAICompatClient:
         if logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = top_logprobs
+        fmt = await self._response_format(schema)
+        if fmt is not None:
+            body["response_format"] = fmt
         payload = json.dumps(body).encode()
         self._lanes()
         sem: asyncio.Semaphore = self._shared["sem"]

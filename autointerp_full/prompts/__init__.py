@@ -3,6 +3,10 @@
 Keys are dotted paths into the YAML ("explainers.default.system"). An override file may replace
 any subset; everything it says is checked, and any problem is a one-line UserError naming the
 file and the key. There is no silent fallback to the defaults.
+
+A `schema` key beside prompts ("scorers.detection.schema") declares, as JSON Schema, the answer
+those prompts ask for; `Prompts.schema(key, n)` renders it for one request. Schemas are part of
+the product (the parsers read them), so an override changes the text only.
 """
 
 from __future__ import annotations
@@ -23,14 +27,27 @@ log = logging.getLogger(__name__)
 DEFAULTS_FILE = Path(__file__).with_name("default_prompts.yaml")
 PLACEHOLDER = "{prompt}"
 ENV_VAR = "PROMPT_CONFIG_FILE"
+SCHEMA_KEY = "schema"  # a YAML mapping under this name is a JSON Schema, not more prompts
 
 
 class Prompts:
     """A flat mapping of prompt key to text, with placeholder rendering."""
 
-    def __init__(self, values: dict[str, str], source: str | None = None) -> None:
+    def __init__(
+        self,
+        values: dict[str, str],
+        source: str | None = None,
+        schemas: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self._values = dict(values)
         self.source = source  # the override file, or None for the built-ins
+        self._schemas = dict(schemas or {})  # "scorers.detection" -> schema template
+
+    def schema(self, key: str, n: int = 1) -> dict[str, Any] | None:
+        """The JSON Schema of the answer to prompt `key` for a request about `n` items (examples
+        or tokens), or None when that prompt declares none. See render_schema."""
+        template = self._schemas.get(key.rpartition(".")[0])
+        return None if template is None else render_schema(template, n)
 
     def keys(self) -> list[str]:
         return sorted(self._values)
@@ -64,9 +81,48 @@ class Prompts:
         ]
 
 
+def render_schema(template: Any, n: int) -> Any:
+    """A schema template made concrete for `n` items:
+
+    - the string "{n}" becomes the integer n (e.g. `minItems: "{n}"`);
+    - a property named "{i}" stands for properties "1" .. "n" in order, each with its schema,
+      and "{i}" in a `required` list for all of them;
+    - an integer with both `minimum` and `maximum` (at most 101 values) becomes an `enum` of
+      them, which every constrained decoder supports (llama.cpp's converter ignores bounds)."""
+    if isinstance(template, list):
+        out_list: list[Any] = []
+        for item in template:
+            if item == "{i}":
+                out_list += [str(i) for i in range(1, n + 1)]
+            else:
+                out_list.append(render_schema(item, n))
+        return out_list
+    if isinstance(template, str):
+        return n if template == "{n}" else template
+    if not isinstance(template, dict):
+        return template
+    out: dict[str, Any] = {}
+    for key, value in template.items():
+        if key == "properties" and isinstance(value, dict):
+            props: dict[str, Any] = {}
+            for name, sub in value.items():
+                names = [str(i) for i in range(1, n + 1)] if name == "{i}" else [name]
+                for each in names:
+                    props[each] = render_schema(sub, n)
+            out[key] = props
+        else:
+            out[key] = render_schema(value, n)
+    low, high = out.get("minimum"), out.get("maximum")
+    if out.get("type") == "integer" and isinstance(low, int) and isinstance(high, int):
+        if 0 <= high - low <= 100:
+            del out["minimum"], out["maximum"]
+            out["enum"] = list(range(low, high + 1))
+    return out
+
+
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": "text"}} -> {"a.b": "text"}."""
-    if not isinstance(data, dict):
+    """{"a": {"b": "text"}} -> {"a.b": "text"}; a `schema` mapping stays whole."""
+    if not isinstance(data, dict) or prefix.rpartition(".")[2] == SCHEMA_KEY:
         return {prefix: data}
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -103,8 +159,15 @@ def _read_yaml(path: Path, label: str) -> dict[str, Any]:
     return _flatten(data)
 
 
+def _is_schema_key(key: str) -> bool:
+    return key.rpartition(".")[2] == SCHEMA_KEY
+
+
 def default_prompts() -> Prompts:
-    return Prompts(_read_yaml(DEFAULTS_FILE, "built-in prompts"))
+    data = _read_yaml(DEFAULTS_FILE, "built-in prompts")
+    texts = {k: v for k, v in data.items() if not _is_schema_key(k)}
+    schemas = {k.rpartition(".")[0]: v for k, v in data.items() if _is_schema_key(k)}
+    return Prompts(texts, schemas=schemas)
 
 
 def apply_override(defaults: Prompts, path: Path, label: str) -> Prompts:
@@ -112,6 +175,11 @@ def apply_override(defaults: Prompts, path: Path, label: str) -> Prompts:
     where = f"{label}: {path}"
     values = {k: defaults.get(k) for k in defaults.keys()}
     for key, value in _read_yaml(path, label).items():
+        if _is_schema_key(key):
+            raise UserError(
+                f"{where}: {key!r} cannot be overridden: answer schemas are fixed (the parsers "
+                "read them); an override changes the prompt text only"
+            )
         if key not in values:
             close = difflib.get_close_matches(key, values, n=1)
             hint = (
@@ -125,7 +193,7 @@ def apply_override(defaults: Prompts, path: Path, label: str) -> Prompts:
                 f"{where}: prompt {key!r} lacks the {PLACEHOLDER} placeholder where the examples go"
             )
         values[key] = value
-    return Prompts(values, source=str(path))
+    return Prompts(values, source=str(path), schemas=defaults._schemas)
 
 
 def find_override_file(cfg: RunConfig) -> tuple[Path, str]:
