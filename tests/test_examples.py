@@ -181,6 +181,40 @@ def test_few_windows_split_between_train_and_test() -> None:
     assert not {i for i, _ in train} & {i for i, _ in test}
 
 
+def test_strongest_train_takes_the_top_windows_and_tests_on_the_rest() -> None:
+    scores = np.random.default_rng(1).permutation(np.arange(1, 201, dtype=np.float32))
+    train, test = sample_train_test(scores, 10, 50, np.random.default_rng(0), strongest_train=True)
+    assert [float(scores[i]) for i, _ in train] == [float(v) for v in range(200, 190, -1)]
+    assert all(q == 9 for _, q in train)  # the top bin
+    assert not {i for i, _ in train} & {i for i, _ in test} and len(test) == 50
+    # Test still spreads over every quantile, drawn from what train left.
+    assert set(q for _, q in test) == set(range(10))
+    # The default is unchanged: train spreads over the quantiles too.
+    default_train, default_test = sample_train_test(scores, 10, 50, np.random.default_rng(0))
+    assert len({q for _, q in default_train}) == 10
+
+
+def test_np_max_act_explains_from_the_strongest_windows() -> None:
+    from autointerp_full.explainers import build_messages
+    from autointerp_full.prompts import default_prompts
+
+    reader = random_cache(n_rows=80, density=0.08)
+    tok = WordTokenizer(VOCAB)
+    windows = centred_windows(LatentActivations(*reader.latent(4), 64), 8)
+    top = sorted(windows.scores.tolist(), reverse=True)[:10]
+    cfg = cfg_for(explainer="np_max_act", n_examples_train=10)
+    record = build_latent_record(reader, 4, cfg, tok)
+    assert record is not None
+    assert [e.max_activation for e in record.train] == pytest.approx(top, rel=1e-3)
+    assert min(e.max_activation for e in record.train) >= max(e.max_activation for e in record.test)
+    # Examples built for another explainer keep the quantile-stratified train set.
+    other = build_latent_record(reader, 4, cfg_for(n_examples_train=10), tok)
+    assert other is not None
+    assert sorted(e.max_activation for e in other.train) != pytest.approx(sorted(top), rel=1e-3)
+    messages, _ = build_messages(record, default_prompts(), cfg)
+    assert messages[-1]["content"].count("<<") >= 10
+
+
 # ------------------------------------------------------------------------- records
 
 

@@ -40,7 +40,7 @@ class ScriptedClient:
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
-        return Reply(str(reply))
+        return reply if hasattr(reply, "finish_reason") else Reply(str(reply))
 
 
 def example(words: list[str], acts: list[float], quantile: int = 0) -> Example:
@@ -67,6 +67,13 @@ def record() -> LatentRecord:
     )
 
 
+def api(**changes: object) -> RunConfig:
+    """A remote provider: no answer opening is handed over, the reply is read as it comes."""
+    return RunConfig(
+        explainer_provider="vllm", explainer_api_base_url="http://127.0.0.1:9/v1", **changes
+    )
+
+
 def run(
     rec: LatentRecord, cfg: RunConfig, replies: list[object], existing: str | None = None
 ) -> tuple[ExplainResult, ScriptedClient]:
@@ -77,11 +84,12 @@ def run(
 
 def test_mark_merges_neighbouring_tokens() -> None:
     assert mark(record().train[1]) == "a black <<cat ran>>"
-    assert mark(record().train[2]) == "my <<cat>> and dog"  # 0.5 < 20% of the peak
+    assert mark(record().train[2]) == "my <<cat>> and dog"  # 0.5 < 30% of the peak
+    assert mark(record().train[2], threshold=0.1) == "my <<cat>> and <<dog>>"
 
 
 def test_default_prompt_and_answer() -> None:
-    result, client = run(record(), RunConfig(), ["Some thinking.\n[EXPLANATION]: The word cat."])
+    result, client = run(record(), api(), ["Some thinking.\n[EXPLANATION]: The word cat."])
     assert result == ExplainResult(
         "The word cat.", "Some thinking.\n[EXPLANATION]: The word cat.", None
     )
@@ -104,7 +112,7 @@ def test_default_prompt_and_answer() -> None:
 
 
 def test_faiss_source_defaults_to_contrastive() -> None:
-    cfg = RunConfig(non_activating_source="FAISS")
+    cfg = api(non_activating_source="FAISS")
     result, client = run(record(), cfg, ["Explanation: cats"])
     assert result.explanation == "cats"
     system, user = client.calls[0]["messages"]
@@ -119,30 +127,32 @@ def test_faiss_source_defaults_to_contrastive() -> None:
 
 
 def test_single_token_marks_only_the_peak() -> None:
-    result, client = run(record(), RunConfig(explainer="single_token"), ['"cat"'])
+    result, client = run(record(), api(explainer="single_token"), ['[EXPLANATION]: "cat"'])
     assert result.explanation == "cat"
     text = client.calls[0]["messages"][1]["content"]
     assert '1. "cat" (9) in: a black <<cat>> ran' in text
 
 
 def test_np_max_act_and_cot() -> None:
-    result, client = run(record(), RunConfig(explainer="np_max_act"), ["**Cat mentions**"])
+    result, client = run(
+        record(), api(explainer="np_max_act"), ["**[EXPLANATION]:** **Cat mentions**"]
+    )
     assert result.explanation == "Cat mentions"
     assert "concise label" in client.calls[0]["messages"][0]["content"]
     cot_answer = (
         "Step 1: tokens are cat.\n[EXPLANATION]: maybe animals\nStep 3: check.\n"
         "[EXPLANATION]: the noun 'cat'"
     )
-    result, client = run(record(), RunConfig(explainer="cot"), [cot_answer])
+    result, client = run(record(), api(explainer="cot"), [cot_answer])
     assert result.explanation == "the noun 'cat'"
     assert client.calls[0]["max_tokens"] > 256
     assert "step by step" in client.calls[0]["messages"][0]["content"]
 
 
 def test_none_reads_existing() -> None:
-    result, client = run(record(), RunConfig(explainer="none"), [], existing="cats\n")
+    result, client = run(record(), api(explainer="none"), [], existing="cats\n")
     assert result.explanation == "cats" and client.calls == []
-    result, _ = run(record(), RunConfig(explainer="none"), [], existing=None)
+    result, _ = run(record(), api(explainer="none"), [], existing=None)
     assert result.explanation is None and "no explanation on disk" in result.error
 
 
@@ -152,8 +162,12 @@ def test_none_reads_existing() -> None:
         ("[EXPLANATION]: Dates in the future", "Dates in the future"),
         ("**Explanation:** `dates`", "dates"),
         ("Here is my answer\n\n## Explanation:\nDates and times\n", "Dates and times"),
-        ('I think it is\n"the word cat"\nHope this helps!', "the word cat"),
-        ("Reasoning...\n- Numbers in tables\n", "Numbers in tables"),
+        ('I think it is\n"the word cat"\nHope this helps!', None),  # no marker: not guessed
+        ("Reasoning...\n- Numbers in tables\n", None),
+        ('Thinking.\n[EXPLANATION]: "the word cat"\nHope this helps!', "the word cat"),
+        ("[EXPLANATION]: [EXPLANATION]: numbers", "numbers"),
+        ("lorem ipsum dolor sit amet", None),
+        ("[EXPLANATION]: 42 17", None),  # no letters
         ("<think>hmm [EXPLANATION]: no</think>[EXPLANATION]: yes", "yes"),
         ("", None),
         ("   \n\n", None),
@@ -167,24 +181,59 @@ def test_parse_explanation(answer: str, expected: str | None) -> None:
 
 
 def test_malformed_answers_and_errors_become_failures() -> None:
-    for reply in ["", "[EXPLANATION]: <label>", RequestFailed("HTTP 500 after 5 retries")]:
-        result, _ = run(record(), RunConfig(), [reply])
+    for reply in ["", "[EXPLANATION]: <label>", "Just some words", "[EXPLANATION]: 1234"]:
+        result, client = run(record(), api(answer_retries=2), [reply] * 3)
         assert result.explanation is None and result.error
-    result, _ = run(record(), RunConfig(), [RequestFailed("boom")])
-    assert result.error == "LLM request failed: RequestFailed: boom"
+        assert result.retries == 2 and len(client.calls) == 3  # asked again, then given up
+    # A failed request was already retried by the client: it is not asked again.
+    result, client = run(record(), api(), [RequestFailed("boom")])
+    assert result.error == "LLM request failed: RequestFailed: boom" and len(client.calls) == 1
+
+
+@dataclass
+class CutReply:
+    text: str
+    finish_reason: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprobs: None = None
+
+
+def test_answers_cut_off_at_the_token_limit_are_retried_never_stored() -> None:
+    cut = CutReply("Step 1...\n[EXPLANATION]: maybe animals\nStep 3: che", "length")
+    whole = CutReply("Step 1...\n[EXPLANATION]: the noun 'cat'", "stop")
+    result, client = run(record(), api(explainer="cot", answer_retries=1), [cut, whole])
+    assert result.explanation == "the noun 'cat'" and result.retries == 1
+    assert len(client.calls) == 2
+    result, _ = run(record(), api(explainer="cot", answer_retries=1), [cut, cut])
+    assert result.explanation is None and "cut off at the token limit" in result.error
+
+
+def test_unreadable_answer_then_good_one_counts_a_retry() -> None:
+    result, client = run(record(), api(), ["lorem ipsum", "[EXPLANATION]: cats"])
+    assert result == ExplainResult("cats", "[EXPLANATION]: cats", None, 1)
+    assert "no [EXPLANATION]: line" not in (result.error or "")
+
+
+def test_local_models_are_handed_the_explanation_marker() -> None:
+    result, client = run(record(), RunConfig(), [" the word cat\nmore rambling"])
+    assert client.calls[0]["messages"][-1] == {"role": "assistant", "content": "[EXPLANATION]: "}
+    assert result.explanation == "the word cat"
+    result, client = run(record(), RunConfig(explainer="cot"), ["[EXPLANATION]: cats"])
+    assert client.calls[0]["messages"][-1]["role"] != "assistant"
 
 
 def test_llm_error_type_is_caught() -> None:
     base = pytest.importorskip("autointerp_full.llm.base")
-    result, _ = run(record(), RunConfig(), [base.LLMError("timed out")])
+    result, _ = run(record(), api(), [base.LLMError("timed out")])
     assert result.explanation is None and "timed out" in result.error
 
 
 def test_prompt_trimmed_to_context_dropping_weakest() -> None:
     rec = record()
     rec.train = [example(["word"] * 30 + ["cat"], [0] * 30 + [float(i + 1)], 0) for i in range(40)]
-    full, _ = build_messages(rec, default_prompts(), RunConfig())
-    cfg = RunConfig(explainer_model_max_len=1200)
+    full, _ = build_messages(rec, default_prompts(), api())
+    cfg = api(explainer_model_max_len=1200)
     messages, max_tokens = build_messages(rec, default_prompts(), cfg)
     text = messages[1]["content"]
     n_kept = text.count("Excerpt ")

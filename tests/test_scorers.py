@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import re
 from collections.abc import Callable
 from typing import Any
@@ -96,6 +97,10 @@ def run(scorer: Any, record: LatentRecord, explanation: str | None = EXPLANATION
     return asyncio.run(scorer.score(record, explanation))
 
 
+def run_with(scorer: Any, record: LatentRecord, previous: dict | None = None) -> dict:
+    return asyncio.run(scorer.score(record, EXPLANATION, previous=previous))
+
+
 def perfect_detection(user: str, kwargs: dict) -> str:
     return json.dumps([1 if "cat" in text else 0 for text in numbered_examples(user)])
 
@@ -139,7 +144,7 @@ def test_parse_choice() -> None:
 
 
 def test_highlight_merges_runs() -> None:
-    assert highlight(["a", " b", " c", " d"], {1, 2}) == "a<< b c>> d"
+    assert highlight(["a", " b", " c", " d"], {1, 2}) == "a <<b c>> d"
     assert highlight(["a", " b"], set()) == "a b"
 
 
@@ -147,15 +152,33 @@ def test_highlight_merges_runs() -> None:
 
 
 def test_binary_metrics_known_pattern() -> None:
-    labels = [True, True, True, False, False]
-    predictions = [True, False, None, True, False]
+    labels = [True, True, True, True, False, False]
+    predictions = [True, True, False, None, True, False]
     m = binary_metrics(labels, predictions)
+    # The failed prediction is left out of every metric and counted.
     assert m["n"] == 5 and m["n_failed"] == 1
-    assert m["accuracy"] == pytest.approx(2 / 5)
-    assert m["recall"] == pytest.approx(1 / 3)
-    assert m["precision"] == pytest.approx(1 / 2)
-    assert m["balanced_accuracy"] == pytest.approx((1 / 3 + 1 / 2) / 2)
-    assert m["f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert m["f1"] == pytest.approx(2 / 3)
+
+
+def test_binary_metrics_ignore_failures_entirely() -> None:
+    # Perfect answers plus failures: the failures must not pull any metric down.
+    labels = [True, False] * 5
+    predictions = [True, False, None, None, True, False, None, False, True, None]
+    m = binary_metrics(labels, predictions)
+    assert (m["accuracy"], m["balanced_accuracy"], m["precision"], m["recall"], m["f1"]) == (
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+    )
+    assert m["n"] == 6 and m["n_failed"] == 4
+    nothing = binary_metrics([True, False], [None, None])
+    assert nothing["n"] == 0 and nothing["accuracy"] is None and nothing["recall"] is None
 
 
 def test_auc_and_pearson() -> None:
@@ -187,11 +210,14 @@ def test_detection_perfect_client() -> None:
     m = result["metrics"]
     assert (m["accuracy"], m["recall"], m["precision"], m["f1"]) == (1.0, 1.0, 1.0, 1.0)
     assert m["n"] == 20 and m["n_failed"] == 0 and result["error"] is None
+    assert (m["n_batches"], m["n_failed_batches"], m["n_retries"]) == (4, 0, 0)
+    assert result["incomplete"] is False
     assert result["scorer"] == "detection" and result["latent"] == 7
     assert result["explanation"] == EXPLANATION
     assert len(client.requests) == 4  # 20 examples, 5 per prompt
     ex = result["examples"][0]
-    assert set(ex) == {"text", "activating", "quantile", "prediction", "correct"}
+    assert set(ex) == {"text", "activating", "quantile", "batch", "prediction", "correct"}
+    assert sorted({e["batch"] for e in result["examples"]}) == [0, 1, 2, 3]
     assert sum(e["activating"] for e in result["examples"]) == 10
     # Requests of one latent run concurrently, every one with the same system prompt first.
     assert client.max_in_flight > 1
@@ -222,26 +248,75 @@ def test_detection_always_zero_has_zero_recall() -> None:
     assert m["precision"] == 0.0 and m["f1"] == 0.0
 
 
-def test_detection_malformed_and_failed_batches_are_counted() -> None:
-    calls = {"n": 0}
+def test_unreadable_answers_are_asked_again_then_counted_and_left_out() -> None:
+    calls: dict[str, int] = {}
 
     def answer(user: str, kw: dict) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
+        texts = numbered_examples(user)
+        key = texts[0]
+        calls[key] = calls.get(key, 0) + 1
+        if len(calls) == 1 or calls.get("first") == key:
+            calls["first"] = key  # the first batch asked never gets a readable answer
             return "I am not sure what you mean."
-        if calls["n"] == 2:
-            return LLMError("server returned 500 after 5 retries")
+        if len(calls) == 3 and calls[key] == 1:
+            return "Hmm."  # the second batch asked is readable on its second try
+        if len(calls) == 4:
+            return LLMError("server returned 500 after 5 retries")  # not re-asked
         return perfect_detection(user, kw)
 
-    result = run(DetectionScorer(ScriptedClient(answer), FakePrompts(), cfg()), make_record())
+    client = ScriptedClient(answer)
+    result = run(DetectionScorer(client, FakePrompts(), cfg(answer_retries=2)), make_record())
     m = result["metrics"]
-    assert m["n_failed"] == 10 and m["n"] == 20 and m["n_failed_batches"] == 2
-    assert m["accuracy"] == pytest.approx(0.5)
-    assert result["error"] is None
+    # 4 batches of 5: one unreadable three times (1 + 2 retries), one failed request.
+    assert m["n_failed_batches"] == 2 and m["n_failed"] == 10 and m["n"] == 10
+    assert m["n_retries"] == 3
+    assert len(client.requests) == 3 + 2 + 1 + 1
+    # The answered examples were all right, so every metric is perfect.
+    assert m["accuracy"] == 1.0 and m["balanced_accuracy"] == 1.0
+    assert result["error"] is None and result["incomplete"] is True
     failed = [e for e in result["examples"] if e["prediction"] is None]
-    assert len(failed) == 10 and not any(e["correct"] for e in failed)
-    assert any("unparseable" in f for f in m["failures"])
-    assert any("500" in f for f in m["failures"])
+    assert len(failed) == 10 and all(e["correct"] is None for e in failed)
+    assert len({e["batch"] for e in failed}) == 2
+    assert any("unreadable" in f for f in result["failures"])
+    assert any("500" in f for f in result["failures"])
+    # A retry samples instead of repeating the greedy answer.
+    assert sorted({kw["temperature"] for _, kw in client.requests}) == [0.0, 0.7]
+
+
+def test_rerun_with_previous_asks_only_the_failed_batches() -> None:
+    first = {"n": 0}
+
+    def flaky(user: str, kw: dict) -> Any:
+        first["n"] += 1
+        return LLMError("timeout") if first["n"] in (2, 3) else perfect_detection(user, kw)
+
+    scorer = DetectionScorer(ScriptedClient(flaky), FakePrompts(), cfg())
+    before = run_with(scorer, make_record())
+    assert before["incomplete"] is True and before["metrics"]["n_failed_batches"] == 2
+    failed_texts = {e["text"] for e in before["examples"] if e["prediction"] is None}
+
+    client = ScriptedClient(perfect_detection)
+    after = run_with(DetectionScorer(client, FakePrompts(), cfg()), make_record(), before)
+    assert len(client.requests) == 2  # only the two failed batches
+    asked = {t for msgs, _ in client.requests for t in numbered_examples(msgs[-1]["content"])}
+    assert asked == failed_texts
+    m = after["metrics"]
+    assert after["incomplete"] is False and m["n"] == 20 and m["n_failed"] == 0
+    assert m["accuracy"] == 1.0 and m["n_failed_batches"] == 0
+    # Same examples, same order, same batches as a run that never failed.
+    clean = run(
+        DetectionScorer(ScriptedClient(perfect_detection), FakePrompts(), cfg()), make_record()
+    )
+    assert after["examples"] == clean["examples"]
+    # A previous result of another scorer, or on other examples, is not reused.
+    client = ScriptedClient(perfect_detection)
+    run_with(
+        DetectionScorer(client, FakePrompts(), cfg()), make_record(), {**before, "scorer": "fuzz"}
+    )
+    assert len(client.requests) == 4
+    client = ScriptedClient(perfect_detection)
+    run_with(DetectionScorer(client, FakePrompts(), cfg(seed=3)), make_record(), before)
+    assert len(client.requests) == 4
 
 
 def test_detection_every_request_failing_sets_error() -> None:
@@ -292,7 +367,7 @@ def test_answer_probabilities_mismatch_gives_none() -> None:
 
 def test_fuzz_highlights_and_perfect_client() -> None:
     def answer(user: str, kw: dict) -> str:
-        return str([1 if "<< cat>>" in text else 0 for text in numbered_examples(user)])
+        return str([1 if " <<cat>>" in text else 0 for text in numbered_examples(user)])
 
     client = ScriptedClient(answer)
     result = run(FuzzScorer(client, FakePrompts(), cfg()), make_record())
@@ -300,7 +375,7 @@ def test_fuzz_highlights_and_perfect_client() -> None:
     for e in result["examples"]:
         assert e["text"].count("<<") == 1  # one activating token, so one mark on every example
         if e["activating"]:
-            assert "<< cat>>" in e["text"]
+            assert " <<cat>>" in e["text"]
     system = client.requests[0][0][0]["content"]
     assert system == FakePrompts().get("scorers.fuzz.system").strip()
 
@@ -381,12 +456,20 @@ def test_simulation_failures_recorded() -> None:
 def test_intruder_perfect_and_malformed() -> None:
     def perfect(user: str, kw: dict) -> str:
         texts = numbered_examples(user)
-        return str(next(i for i, t in enumerate(texts, 1) if "<< cat>>" not in t))
+        return str(next(i for i, t in enumerate(texts, 1) if " <<cat>>" not in t))
 
     client = ScriptedClient(perfect)
     result = run(IntruderScorer(client, FakePrompts(), cfg()), make_record(8, 5), None)
     m = result["metrics"]
-    assert m == {"accuracy": 1.0, "n": 2, "n_failed": 0, "chance": 0.2}
+    assert m == {
+        "accuracy": 1.0,
+        "n": 2,
+        "n_failed": 0,
+        "chance": 0.2,
+        "n_batches": 2,
+        "n_failed_batches": 0,
+        "n_retries": 0,
+    }
     assert all(len(e["shown"]) == 5 for e in result["examples"])
     # Every example, the intruder included, has one marked token.
     assert all(t.count("<<") == 1 for e in result["examples"] for t in e["shown"])
@@ -395,8 +478,12 @@ def test_intruder_perfect_and_malformed() -> None:
     assert client.max_in_flight == 2
 
     vague = ScriptedClient(lambda user, kw: "It could be 1 or 2.")
-    m = run(IntruderScorer(vague, FakePrompts(), cfg()), make_record(8, 5), None)["metrics"]
-    assert m["accuracy"] == 0.0 and m["n_failed"] == 2
+    result = run(IntruderScorer(vague, FakePrompts(), cfg()), make_record(8, 5), None)
+    m = result["metrics"]
+    # Unreadable every time (1 + 2 re-asks per prompt): nothing scored, nothing counted wrong.
+    assert m["accuracy"] is None and m["n_failed"] == 2 and m["n"] == 0
+    assert m["n_retries"] == 4 and len(vague.requests) == 6
+    assert result["error"] and result["incomplete"] is True
 
 
 def test_intruder_too_few_examples() -> None:
@@ -515,3 +602,131 @@ def test_local_models_get_an_answer_opening_for_every_format() -> None:
     result = asyncio.run(SCORERS["simulation"](simulation, None, cfg).score(record, "cats"))
     assert simulation.requests[0][0][-1]["content"] == "1:"
     assert result["metrics"]["n_failed"] == 0
+
+
+# ------------------------------------------------------------------ side channels (fuzz)
+
+
+def marked_words(text: str) -> frozenset[int]:
+    """Which words carry marks, for texts whose tokens are one " word" each."""
+    marked, inside = set(), False
+    for i, word in enumerate(text.split()):
+        inside = inside or word.startswith("<<")
+        if inside:
+            marked.add(i)
+        inside = inside and not word.endswith(">>")
+    return frozenset(marked)
+
+
+def realistic_record(rng: random.Random, latent: int, length: int = 16) -> LatentRecord:
+    """Windows centred on the peak (as the example builder makes them), a run of activations
+    of random width around it and now and then a second, separate one; zeros elsewhere."""
+    words = [f"w{j}" for j in range(40)]
+
+    def window(active: bool) -> Example:
+        toks = [" " + rng.choice(words) for _ in range(length)]
+        acts = [0.0] * length
+        if active:
+            centre = length // 2
+            acts[centre] = rng.uniform(1, 10)
+            for side in (-1, 1):
+                j = centre + side
+                while 0 <= j < length and rng.random() < 0.4:
+                    acts[j] = acts[centre] * rng.uniform(0.1, 1.0)
+                    j += side
+            if rng.random() < 0.3:
+                acts[rng.randrange(length)] = acts[centre] * rng.uniform(0.2, 0.9)
+        return Example(list(range(length)), toks, acts, 0 if active else -1)
+
+    n_test, n_non = rng.randint(6, 14), rng.randint(6, 14)
+    test = [window(True) for _ in range(n_test)]
+    non = [window(False) for _ in range(n_non)]
+    return LatentRecord("layers.1", latent, 100, 0.01, 10.0, [], test, non)
+
+
+def balanced_accuracy(labels: list[bool], predictions: list[bool]) -> float:
+    return binary_metrics(labels, predictions)["balanced_accuracy"]
+
+
+def test_fuzz_marks_alone_tell_nothing() -> None:
+    """A scorer that never reads the explanation and sees only where the marks fall must be at
+    chance: decoy marks copy the count, runs and places of real ones."""
+    rng = random.Random(0)
+    records = [realistic_record(rng, i) for i in range(300)]
+    centre = 8
+
+    def by_position(user: str, kw: dict) -> str:
+        marks = [marked_words(t) for t in numbered_examples(user)]
+        # "One run through the centre" was the old giveaway: true marks are centred runs.
+        run_at_centre = [
+            int(centre in m and max(m) - min(m) + 1 == len(m)) if m else 0 for m in marks
+        ]
+        return str(run_at_centre)
+
+    labels, predictions = [], []
+    for record in records:
+        result = run(FuzzScorer(ScriptedClient(by_position), FakePrompts(), cfg()), record)
+        labels += [e["activating"] for e in result["examples"]]
+        predictions += [e["prediction"] for e in result["examples"]]
+    assert abs(balanced_accuracy(labels, predictions) - 0.5) <= 0.05
+
+    # A classifier that learns mark patterns from half of the latents and predicts the other half.
+    scorer = FuzzScorer(None, None, cfg())
+    items = [scorer.items(r, scorer.rng(r)) for r in records]
+    seen: dict[frozenset[int], list[int]] = {}
+    for batch in items[:150]:
+        for item in batch:
+            seen.setdefault(marked_words(item.text), [0, 0])[item.activating] += 1
+    labels, predictions = [], []
+    for batch in items[150:]:
+        for item in batch:
+            neg, pos = seen.get(marked_words(item.text), [0, 0])
+            labels.append(item.activating)
+            predictions.append(pos > neg)
+    assert abs(balanced_accuracy(labels, predictions) - 0.5) <= 0.05
+    # Where a latent has as many decoys as real examples, their mark counts are the same.
+    for batch in items:
+        real = [len(marked_words(i.text)) for i in batch if i.activating]
+        fake = [len(marked_words(i.text)) for i in batch if not i.activating]
+        if len(fake) == len(real):
+            assert sorted(real) == sorted(fake)
+
+
+def test_fuzz_and_explainer_mark_by_one_rule() -> None:
+    from autointerp_full.explainers.formatting import mark
+
+    ex = Example([0, 1, 2, 3], [" a", " b", " c", " d"], [0.0, 10.0, 2.5, 3.5], 9)
+    record = LatentRecord("layers.1", 1, 10, 0.1, 10.0, [], [ex], [])
+    for threshold, expected in (
+        (0.3, "a <<b>> c <<d>>"),
+        (0.2, "a <<b c d>>"),
+        (0.9, "a <<b>> c d"),
+    ):
+        items = FuzzScorer(None, None, cfg(highlight_threshold=threshold)).items(
+            record, random.Random(0)
+        )
+        assert items[0].text.strip() == expected
+        assert mark(ex, threshold=threshold) == expected
+
+
+def test_simulation_constant_predictions_score_zero_and_are_counted() -> None:
+    def half_flat(user: str, kw: dict) -> str:
+        tokens = shown_tokens(user)
+        if tokens[-1].strip() in ("t0", "t1"):
+            return lines([3] * len(tokens))  # a flat guess on two activating examples
+        return lines([10 if t.strip() == "cat" else 0 for t in tokens])
+
+    result = run(
+        SimulationScorer(ScriptedClient(half_flat), FakePrompts(), cfg()), make_record(4, 4)
+    )
+    m = result["metrics"]
+    assert m["n_constant"] == 2
+    # Two perfect examples (1.0) and two flat ones (0.0); non-activating ones have no correlation.
+    assert m["per_example_correlation"] == pytest.approx(0.5)
+    flat = [e for e in result["examples"] if e["text"].endswith(("t0", "t1"))]
+    assert [e["correlation"] for e in flat] == [0.0, 0.0]
+
+    always = ScriptedClient(lambda user, kw: lines([0] * len(shown_tokens(user))))
+    m = run(SimulationScorer(always, FakePrompts(), cfg()), make_record(4, 4))["metrics"]
+    assert m["correlation"] == 0.0 and m["per_example_correlation"] == 0.0
+    assert m["n_constant"] == 4 and m["n"] == 5

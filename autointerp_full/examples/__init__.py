@@ -123,8 +123,13 @@ def _build(
         return None, len(windows)
     # Negatives get their own stream, so switching source leaves train/test unchanged.
     negatives_rng = np.random.default_rng(int(rng.integers(2**63)))
+    # np_max_act explains from the latent's strongest windows; the others from every quantile.
     train_picks, test_picks = sample_train_test(
-        windows.scores, cfg.n_examples_train, cfg.n_examples_test, rng
+        windows.scores,
+        cfg.n_examples_train,
+        cfg.n_examples_test,
+        rng,
+        strongest_train=cfg.effective_explainer == "np_max_act",
     )
 
     def activating(picks: list[tuple[int, int]]) -> list[Example]:

@@ -60,16 +60,28 @@ def sample_train_test(
     n_test: int,
     rng: np.random.Generator,
     n_bins: int = N_QUANTILES,
+    strongest_train: bool = False,
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Disjoint train and test draws of (window index, quantile), each spread evenly over bins.
 
-    Both lists come back strongest window first.
+    With `strongest_train` (the np_max_act explainer) train is instead the n_train strongest
+    windows overall, and test is drawn evenly over the bins from the remaining windows. Both
+    lists come back strongest window first.
     """
-    bins = quantile_bins(np.asarray(scores), n_bins)
+    scores = np.asarray(scores)
+    bins = quantile_bins(scores, n_bins)
     n_train, n_test = split_counts(len(scores), n_train, n_test)
     remaining = [rng.permutation(b) for b in bins]
     picks: list[list[tuple[int, int]]] = []
-    for n in (n_train, n_test):
+    counts = (n_train, n_test)
+    if strongest_train:
+        top = strongest(scores, n_train)
+        quantile = {int(i): q for q, b in enumerate(bins) for i in b.tolist()}
+        picks.append([(i, quantile[i]) for i in top])
+        taken = np.asarray(top, dtype=np.int64)
+        remaining = [pool[~np.isin(pool, taken)] for pool in remaining]
+        counts = (n_test,)
+    for n in counts:
         quotas = equal_shares([len(b) for b in remaining], n)
         chosen = []
         for q, (pool, k) in enumerate(zip(remaining, quotas, strict=True)):
@@ -78,3 +90,9 @@ def sample_train_test(
         chosen.sort(key=lambda iq: (-float(scores[iq[0]]), iq[0]))
         picks.append(chosen)
     return picks[0], picks[1]
+
+
+def strongest(scores: np.ndarray, n: int) -> list[int]:
+    """Indices of the n highest scores, strongest first (ties: lower index first)."""
+    order = np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=np.float64)))
+    return [int(i) for i in order[:n]]

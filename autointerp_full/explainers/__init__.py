@@ -2,6 +2,12 @@
 
 `explain` never raises for a bad answer or a failed request: it returns an ExplainResult with
 `explanation=None` and the reason in `error`, so one latent cannot stop a run.
+
+Only a well-formed answer becomes an explanation: it must hold the "[EXPLANATION]:" marker the
+prompts ask for, must not have been cut off at the token limit (finish_reason "length": a
+chain of thought cut short may end on a hypothesis it would have revised), and the explanation
+must contain a letter. Any other answer is asked again, up to cfg.answer_retries times, and
+then the latent fails; it is never stored.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ from autointerp_full.explainers.formatting import (
     top_tokens,
 )
 
+# A re-ask samples instead of repeating the greedy answer (the scorers do the same).
+RETRY_TEMPERATURE = 0.7
+# Handed to a local model as the opening of its answer (not for cot, which reasons first).
+ANSWER_OPENING = "[EXPLANATION]:"
+
 if TYPE_CHECKING:
     from autointerp_full.config import RunConfig
     from autointerp_full.prompts import Prompts
@@ -39,22 +50,27 @@ class ExplainResult:
     explanation: str | None
     raw: str = ""
     error: str | None = None
+    retries: int = 0  # answers asked again because they held no usable explanation
 
 
 # ----------------------------------------------------------------- prompt bodies
 
 
-def _default_body(train: list[Example], record: LatentRecord, _neg: list[Example]) -> str:
+def _default_body(
+    train: list[Example], record: LatentRecord, _neg: list[Example], threshold: float
+) -> str:
     lines = []
     for i, example in enumerate(train, 1):
-        lines.append(f"Excerpt {i}: {mark(example)}")
-        lines.append(f"Activations: {token_strengths(example, record.max_activation)}")
+        lines.append(f"Excerpt {i}: {mark(example, threshold=threshold)}")
+        lines.append(f"Activations: {token_strengths(example, record.max_activation, threshold)}")
         lines.append("")
     lines.append(f"Most strongly activating tokens: {top_tokens(train, record.max_activation)}")
     return "\n".join(lines)
 
 
-def _single_token_body(train: list[Example], record: LatentRecord, _neg: list[Example]) -> str:
+def _single_token_body(
+    train: list[Example], record: LatentRecord, _neg: list[Example], _threshold: float
+) -> str:
     lines = []
     for i, example in enumerate(train, 1):
         peak = marked_positions(example, only_peak=True)
@@ -67,19 +83,23 @@ def _single_token_body(train: list[Example], record: LatentRecord, _neg: list[Ex
     return "\n".join(lines)
 
 
-def _contrastive_body(train: list[Example], _record: LatentRecord, neg: list[Example]) -> str:
+def _contrastive_body(
+    train: list[Example], _record: LatentRecord, neg: list[Example], threshold: float
+) -> str:
     lines = ["ACTIVATING excerpts:"]
-    lines += [f"{i}. {mark(e)}" for i, e in enumerate(train, 1)]
+    lines += [f"{i}. {mark(e, threshold=threshold)}" for i, e in enumerate(train, 1)]
     lines += ["", "NON-ACTIVATING excerpts:"]
     lines += [f"{i}. {' '.join(e.text.split())}" for i, e in enumerate(neg, 1)]
     return "\n".join(lines)
 
 
-def _np_max_act_body(train: list[Example], _record: LatentRecord, _neg: list[Example]) -> str:
-    return "\n".join(f"{i}. {mark(e)}" for i, e in enumerate(train, 1))
+def _np_max_act_body(
+    train: list[Example], _record: LatentRecord, _neg: list[Example], threshold: float
+) -> str:
+    return "\n".join(f"{i}. {mark(e, threshold=threshold)}" for i, e in enumerate(train, 1))
 
 
-Body = Callable[[list[Example], LatentRecord, list[Example]], str]
+Body = Callable[[list[Example], LatentRecord, list[Example], float], str]
 
 # explainer -> (prompt key, body builder, answer budget)
 STRATEGIES: dict[str, tuple[str, Body, int]] = {
@@ -109,6 +129,23 @@ def contrast_windows(record: LatentRecord) -> list[Example]:
     return record.non_activating
 
 
+def strongest_windows(record: LatentRecord) -> list[Example]:
+    """The train windows, strongest first. Examples built for np_max_act hold the latent's
+    strongest windows overall as train (see examples.samplers); examples built for another
+    explainer hold a quantile-stratified train set, whose top is not the latent's top: that is
+    logged, since the prompt then shows weaker windows than np_max_act means to."""
+    train = ranked(record.train)
+    if train and record.test:
+        if train[-1].max_activation < max(e.max_activation for e in record.test):
+            log.warning(
+                "%s latent %d: examples were built for another explainer, so np_max_act sees "
+                "quantile-sampled windows, not the strongest ones. Delete examples/ to rebuild.",
+                record.hookpoint,
+                record.latent,
+            )
+    return train
+
+
 def build_messages(
     record: LatentRecord, prompts: Prompts, cfg: RunConfig, explainer: str | None = None
 ) -> tuple[list[dict[str, str]], int]:
@@ -121,11 +158,12 @@ def build_messages(
     key, body, max_tokens = STRATEGIES[explainer]
     train = ranked(record.train)
     if explainer == "np_max_act":
-        train = train[:NP_MAX_ACT_EXAMPLES]
+        train = strongest_windows(record)[:NP_MAX_ACT_EXAMPLES]
     negatives = list(contrast_windows(record)[: len(train)]) if explainer == "contrastive" else []
     budget = max(1, cfg.explainer_model_max_len - max_tokens)
+    threshold = cfg.highlight_threshold
     while True:
-        messages = prompts.messages(key, body(train, record, negatives))
+        messages = prompts.messages(key, body(train, record, negatives, threshold))
         if _fits(messages, budget) or (len(train) <= 1 and len(negatives) <= 1):
             return messages, max_tokens
         if len(negatives) > 1 and len(negatives) >= len(train):
@@ -155,34 +193,41 @@ def _clean(text: str) -> str:
 
 
 def _usable(text: str) -> bool:
-    return bool(re.search(r"[A-Za-z0-9]", text)) and not _TEMPLATE.match(text)
+    """A real explanation has a letter in it and is not the prompt's placeholder echoed."""
+    return bool(re.search(r"[^\W\d_]", text)) and not _TEMPLATE.match(text)
 
 
 def parse_explanation(answer: str) -> str | None:
     """The explanation in an LLM answer, or None when there is none.
 
-    Accepted, in order: the last "[EXPLANATION]: ..." (or "Explanation: ...") line, a line in
-    quotes, else the last non-empty line. Markdown is stripped.
+    It is the text after the last "[EXPLANATION]:" (or "Explanation:") marker, on its line or,
+    when the marker stands alone, on the next one; markdown and matching quotes are stripped.
+    An answer without the marker has no explanation: its last line may be anything (reasoning,
+    an apology), so it is not guessed at.
     """
     text = _THINK.sub("", answer or "")
     lines = [line for line in text.splitlines() if line.strip()]
     for index in range(len(lines) - 1, -1, -1):
         plain = re.sub(r"(\*\*|__|`)", "", lines[index])
-        found = _MARKER.search(plain)
-        if found is None:
+        found = list(_MARKER.finditer(plain))
+        if not found:
             continue
-        rest = _clean(plain[found.end() :])
+        # The last marker on the line: a model handed the opening may write it once more.
+        rest = _clean(plain[found[-1].end() :])
         if not rest and index + 1 < len(lines):
             rest = _clean(lines[index + 1])  # marker on its own line, answer below
         return rest if _usable(rest) else None
-    for line in reversed(lines):
-        quoted = _QUOTED.match(line)
-        if quoted and _usable(_clean(quoted.group(1))):
-            return _clean(quoted.group(1))
-    if lines:
-        last = _clean(lines[-1])
-        if _usable(last):
-            return last
+    return None
+
+
+def answer_problem(raw: str, finish_reason: str | None) -> str | None:
+    """Why an answer gives no explanation, or None when parse_explanation can be trusted."""
+    if finish_reason == "length":
+        return "answer cut off at the token limit"
+    if parse_explanation(raw) is None:
+        if _MARKER.search(re.sub(r"(\*\*|__|`)", "", _THINK.sub("", raw or ""))):
+            return "the explanation after the marker is empty or has no letters"
+        return "no [EXPLANATION]: line in the answer"
     return None
 
 
@@ -211,13 +256,34 @@ async def explain(
     if not record.train:
         return ExplainResult(None, "", "no train examples to explain from")
     messages, max_tokens = build_messages(record, prompts, cfg, explainer)
-    try:
-        completion = await client.generate(messages, max_tokens=max_tokens, temperature=0.0)
-    except Exception as exc:  # LLMError and provider errors: this latent fails, the run goes on
-        return ExplainResult(None, "", f"LLM request failed: {type(exc).__name__}: {exc}")
-    raw = completion.text or ""
-    explanation = parse_explanation(raw)
-    if explanation is None:
-        snippet = " ".join(raw.split())[:120]
-        return ExplainResult(None, raw, f"no explanation in the answer: {snippet!r}")
-    return ExplainResult(explanation, raw, None)
+    opening = answer_opening(cfg, explainer)
+    if opening:
+        messages = [*messages, {"role": "assistant", "content": opening}]
+    retries = 0
+    temperature = 0.0
+    while True:
+        try:
+            completion = await client.generate(
+                messages, max_tokens=max_tokens, temperature=temperature
+            )
+        except Exception as exc:  # LLMError and provider errors: this latent fails, the run goes on
+            error = f"LLM request failed: {type(exc).__name__}: {exc}"
+            return ExplainResult(None, "", error, retries)
+        raw = opening + (completion.text or "")
+        problem = answer_problem(raw, getattr(completion, "finish_reason", None))
+        if problem is None:
+            return ExplainResult(parse_explanation(raw), raw, None, retries)
+        if retries >= cfg.answer_retries:
+            snippet = " ".join(raw.split())[:120]
+            error = f"{problem} (after {retries + 1} answers): {snippet!r}"
+            return ExplainResult(None, raw, error, retries)
+        retries += 1
+        temperature = RETRY_TEMPERATURE
+
+
+def answer_opening(cfg: RunConfig, explainer: str) -> str:
+    """The opening handed to a local model, which continues it (small models keep to the answer
+    format far better); chat APIs get none, and cot must reason before it answers."""
+    if cfg.explainer_provider != "offline" or explainer == "cot":
+        return ""
+    return ANSWER_OPENING + " "

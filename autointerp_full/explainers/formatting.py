@@ -1,13 +1,21 @@
-"""Turning examples into explainer prompt text: marked excerpts, strengths, token summaries."""
+"""Turning examples into prompt text: marked excerpts, strengths, token summaries.
+
+The highlighting rule lives here, once, for the explainers and the scorers (fuzz, intruder):
+a token is marked when its activation is positive and reaches `threshold` (the run's
+--highlight_threshold, 0.3 by default, as in delphi) times the strongest activation in its own
+example. Measuring against the example's own peak means every activating example has at least
+one mark, whatever its quantile.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 from autointerp_full.examples.types import Example
 
 MARK_OPEN, MARK_CLOSE = "<<", ">>"
-MARK_FRACTION = 0.2  # mark tokens at >= this fraction of the excerpt's strongest activation
+DEFAULT_HIGHLIGHT_THRESHOLD = 0.3  # RunConfig.highlight_threshold's default
 
 
 def strength(activation: float, max_activation: float) -> int:
@@ -17,24 +25,33 @@ def strength(activation: float, max_activation: float) -> int:
     return max(1, min(10, round(10 * activation / max_activation)))
 
 
-def marked_positions(example: Example, only_peak: bool = False) -> set[int]:
-    acts = example.activations
-    peak = max(acts, default=0.0)
+def highlighted(
+    activations: Sequence[float], threshold: float = DEFAULT_HIGHLIGHT_THRESHOLD
+) -> set[int]:
+    """The positions the highlighting rule marks (see the module docstring)."""
+    peak = max(activations, default=0.0)
     if peak <= 0:
         return set()
+    return {i for i, a in enumerate(activations) if a > 0 and a >= threshold * peak}
+
+
+def marked_positions(
+    example: Example, only_peak: bool = False, threshold: float = DEFAULT_HIGHLIGHT_THRESHOLD
+) -> set[int]:
+    acts = example.activations
     if only_peak:
-        return {acts.index(peak)}
-    return {i for i, a in enumerate(acts) if a > 0 and a >= MARK_FRACTION * peak}
+        peak = max(acts, default=0.0)
+        return {acts.index(peak)} if peak > 0 else set()
+    return highlighted(acts, threshold)
 
 
-def mark(example: Example, positions: set[int] | None = None) -> str:
-    """The excerpt's text with marked tokens wrapped in <<...>>; neighbouring marks merge."""
-    positions = marked_positions(example) if positions is None else positions
+def highlight(str_tokens: Sequence[str], positions: set[int]) -> str:
+    """The text, verbatim, with the marked tokens wrapped in <<...>>; neighbouring marks merge
+    into one run, and a token's leading whitespace stays outside: " <<cat>>", not "<< cat>>"."""
     parts: list[str] = []
     inside = False
-    for i, piece in enumerate(example.str_tokens):
+    for i, piece in enumerate(str_tokens):
         if i in positions and not inside:
-            # Keep a leading space outside the marks: " <<cat>>" reads better than "<< cat>>".
             stripped = piece.lstrip()
             parts.append(piece[: len(piece) - len(stripped)] + MARK_OPEN)
             piece, inside = stripped, True
@@ -44,14 +61,26 @@ def mark(example: Example, positions: set[int] | None = None) -> str:
         parts.append(piece)
     if inside:
         parts.append(MARK_CLOSE)
-    return " ".join("".join(parts).split())
+    return "".join(parts)
 
 
-def token_strengths(example: Example, max_activation: float) -> str:
+def mark(
+    example: Example,
+    positions: set[int] | None = None,
+    threshold: float = DEFAULT_HIGHLIGHT_THRESHOLD,
+) -> str:
+    """The excerpt on one line with its marked tokens wrapped in <<...>> (explainer prompts)."""
+    positions = marked_positions(example, threshold=threshold) if positions is None else positions
+    return " ".join(highlight(example.str_tokens, positions).split())
+
+
+def token_strengths(
+    example: Example, max_activation: float, threshold: float = DEFAULT_HIGHLIGHT_THRESHOLD
+) -> str:
     """'"cat" (9), "dog" (4)' for the excerpt's marked tokens, in text order."""
     items = [
         f'"{example.str_tokens[i].strip()}" ({strength(example.activations[i], max_activation)})'
-        for i in sorted(marked_positions(example))
+        for i in sorted(marked_positions(example, threshold=threshold))
     ]
     return ", ".join(items)
 

@@ -1,13 +1,23 @@
 """What every scorer shares: the Scorer base class, the score-file layout, seeded randomness,
-chat-message building, log-probability helpers and the metrics (binary, correlation, AUC)."""
+chat-message building, re-asking unreadable answers, log-probability helpers and the metrics
+(binary, correlation, AUC).
+
+Failures, the same way in every scorer: a request is one *batch* (a prompt of examples for
+detection and fuzz, one prompt for intruder, one example for simulation). An answer that cannot
+be read is asked again up to `cfg.answer_retries` times; a batch still without an answer is
+*failed*. Its examples keep `prediction: null` and their `batch` index, are left out of every
+metric and are counted (`metrics.n_failed`, `metrics.n_failed_batches`); the latent is marked
+`"incomplete": true`, and a rerun that passes the result as `previous` asks only those batches.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import random
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from autointerp_full.config import RunConfig
@@ -17,6 +27,23 @@ if TYPE_CHECKING:
 
 # Failure messages kept in a score file; the rest are only counted.
 MAX_FAILURE_MESSAGES = 5
+# A re-ask samples instead of repeating the greedy answer, which would come out the same.
+RETRY_TEMPERATURE = 0.7
+
+T = TypeVar("T")
+
+
+@dataclass
+class Answer(Generic[T]):
+    """What one batch's request came to: a value, or the reason there is none."""
+
+    value: T | None
+    error: str | None = None
+    retries: int = 0  # re-asks after an unreadable answer
+
+
+class Unreadable(Exception):
+    """An answer that arrived but could not be read; the question is asked again."""
 
 
 class Scorer:
@@ -52,11 +79,15 @@ class Scorer:
             return self.result(record, explanation, [], {}, "no explanation to score")
         if not record.test and not record.non_activating:
             return self.result(record, explanation, [], {}, "no test examples to score")
-        examples, metrics, error = await self._score(record, explanation)
-        return self.result(record, explanation, examples, metrics, error)
+        if previous is not None and previous.get("scorer") != self.name:
+            previous = None
+        examples, metrics, error = await self._score(record, explanation, previous)
+        failures = metrics.pop("failures", None)
+        extra = {"failures": failures} if failures else {}
+        return self.result(record, explanation, examples, metrics, error, **extra)
 
     async def _score(
-        self, record: LatentRecord, explanation: str | None
+        self, record: LatentRecord, explanation: str | None, previous: dict[str, Any] | None
     ) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
         raise NotImplementedError
 
@@ -76,9 +107,30 @@ class Scorer:
             "explanation": explanation,
             "examples": examples,
             "metrics": metrics,
+            # Some batch has no answer: a rerun asks it again (see the module docstring).
+            "incomplete": bool(metrics.get("n_failed_batches")),
             "error": error,
             **extra,
         }
+
+    async def ask_until_read(self, attempt: Callable[[float], Awaitable[T]]) -> Answer[T]:
+        """Run `attempt(temperature)` until it returns, re-asking up to cfg.answer_retries times
+        when it raises Unreadable. A request that failed for good (LLMError: the client has
+        already retried it) is not asked again."""
+        from autointerp_full.llm.base import LLMError
+
+        retries = 0
+        temperature = 0.0
+        while True:
+            try:
+                return Answer(await attempt(temperature), None, retries)
+            except LLMError as exc:
+                return Answer(None, f"LLM request failed: {exc}", retries)
+            except Unreadable as exc:
+                if retries >= self.cfg.answer_retries:
+                    return Answer(None, f"unreadable answer: {exc}", retries)
+                retries += 1
+                temperature = RETRY_TEMPERATURE
 
     def rng(self, record: LatentRecord) -> random.Random:
         return seeded_rng(self.cfg.seed, record.hookpoint, record.latent, self.name)
@@ -171,15 +223,16 @@ def list_answer_positions(logprobs: Sequence[TokenLogprob], accept: set[str]) ->
 
 
 def binary_metrics(labels: Sequence[bool], predictions: Sequence[bool | None]) -> dict[str, Any]:
-    """Classification metrics where a missing prediction (None: the answer failed) counts as wrong:
-    a positive it misses is a false negative and a negative it misses is not a true negative."""
-    n = len(labels)
-    tp = sum(1 for y, p in zip(labels, predictions, strict=True) if y and p is True)
-    fp = sum(1 for y, p in zip(labels, predictions, strict=True) if not y and p is True)
-    tn = sum(1 for y, p in zip(labels, predictions, strict=True) if not y and p is False)
-    positives = sum(1 for y in labels if y)
+    """Classification metrics over the answered examples. A missing prediction (None: the answer
+    failed) is left out of every metric and counted in `n_failed`; `n` counts the answered."""
+    pairs = [(y, p) for y, p in zip(labels, predictions, strict=True) if p is not None]
+    n = len(pairs)
+    tp = sum(1 for y, p in pairs if y and p)
+    fp = sum(1 for y, p in pairs if not y and p)
+    tn = sum(1 for y, p in pairs if not y and not p)
+    positives = sum(1 for y, _ in pairs if y)
     negatives = n - positives
-    n_failed = sum(1 for p in predictions if p is None)
+    n_failed = len(labels) - n
     recall = tp / positives if positives else None
     specificity = tn / negatives if negatives else None
     precision = tp / (tp + fp) if tp + fp else 0.0
@@ -197,6 +250,14 @@ def binary_metrics(labels: Sequence[bool], predictions: Sequence[bool | None]) -
         "n": n,
         "n_failed": n_failed,
     }
+
+
+def is_constant(values: Sequence[float]) -> bool:
+    """True when the values do not vary (a correlation with them is undefined)."""
+    if not values:
+        return True
+    m = sum(values) / len(values)
+    return sum((v - m) ** 2 for v in values) <= 1e-12
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
@@ -249,5 +310,36 @@ def separation_metrics(records: Sequence[dict[str, Any]], measure: str) -> dict[
         f"mean_{measure}_activating": mean_pos,
         f"mean_{measure}_non_activating": mean_neg,
         f"{measure}_difference": mean_pos - mean_neg if both else None,
-        "n": len(records),
+        "n": len(pos) + len(neg),
+        "n_failed": len(records) - len(pos) - len(neg),
+        **batch_counts(1, 0, 0),
     }
+
+
+def batch_counts(n_batches: int, n_failed_batches: int, n_retries: int) -> dict[str, int]:
+    return {
+        "n_batches": n_batches,
+        "n_failed_batches": n_failed_batches,
+        "n_retries": n_retries,
+    }
+
+
+def reusable_answers(
+    previous: dict[str, Any] | None, batches: Sequence[Sequence[str]]
+) -> dict[int, list[dict[str, Any]]]:
+    """{batch index: its example records} for the batches of `previous` that were answered and
+    hold the same texts as `batches` now (so a rerun keeps them and asks only the others)."""
+    if not previous:
+        return {}
+    by_batch: dict[int, list[dict[str, Any]]] = {}
+    for entry in previous.get("examples") or []:
+        index = entry.get("batch")
+        if isinstance(index, int):
+            by_batch.setdefault(index, []).append(entry)
+    kept = {}
+    for index, entries in by_batch.items():
+        if index >= len(batches) or [e.get("text") for e in entries] != list(batches[index]):
+            continue
+        if all(e.get("prediction") is not None for e in entries):
+            kept[index] = entries
+    return kept

@@ -5,23 +5,36 @@ describes (fuzz). Both are binary classifiers scored against whether the example
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from autointerp_full.explainers.formatting import highlight, highlighted
+from autointerp_full.scorers.answers import (
+    answer_schema,
+    binary_probabilities,
+    json_binary_answers,
+)
 from autointerp_full.scorers.base import (
+    Answer,
     Scorer,
+    Unreadable,
+    auc,
+    batch_counts,
     binary_metrics,
     example_text,
     failure_messages,
     list_answer_positions,
+    reusable_answers,
     top_distribution,
 )
 
 if TYPE_CHECKING:
-    from autointerp_full.examples.types import Example, LatentRecord
+    from autointerp_full.examples.types import LatentRecord
+
+# One batch's answer: a prediction per example, and P(yes) per example when log-probs came back.
+BatchAnswer = tuple[list[bool], list[float] | None]
 
 TRUE_WORDS = {"1", "yes", "true", "y"}
 FALSE_WORDS = {"0", "no", "false", "n"}
@@ -49,8 +62,12 @@ def _word_to_bool(word: str) -> bool | None:
 def parse_binary_answers(text: str, n: int) -> list[bool] | None:
     """Read n yes/no answers from a completion, or None when it cannot be read unambiguously.
 
-    Accepts a list ("[1, 0, 1]", the last complete one wins), numbered lines ("1. yes",
-    "Example 2: 0") or exactly n bare answers ("1 0 1", "Yes")."""
+    Reads the prompt's JSON ({"answers": [1, 0, 1]}) first; failing that, a list ("[1, 0, 1]",
+    the last complete one wins), numbered lines ("1. yes", "Example 2: 0") or exactly n bare
+    answers ("1 0 1", "Yes")."""
+    from_json = json_binary_answers(text, n)
+    if from_json is not None:
+        return from_json
     for body in reversed(re.findall(r"\[([^\[\]]*)\]", text)):
         values = [_word_to_bool(part) for part in body.split(",")]
         if len(values) == n and all(v is not None for v in values):
@@ -87,9 +104,14 @@ def parse_prefilled_list(text: str, n: int) -> list[bool] | None:
 
 
 def answer_probabilities(logprobs: list[Any] | None, n: int) -> list[float] | None:
-    """P(answer is 1) for each of the n list items, from the "1" and "0" token log-probabilities."""
+    """P(answer is 1) for each of the n list items, from the "1" and "0" token log-probabilities:
+    the values of a JSON answer, else the items of the first bracketed list (whose "[" may be the
+    handed-over opening, which offline clients include in the logprobs)."""
     if not logprobs:
         return None
+    from_json = binary_probabilities(logprobs, n)
+    if from_json is not None:
+        return from_json
     positions = list_answer_positions(logprobs, {"0", "1"})
     if len(positions) != n:
         return None
@@ -101,27 +123,27 @@ def answer_probabilities(logprobs: list[Any] | None, n: int) -> list[float] | No
     return probs
 
 
-def highlight(str_tokens: list[str], marked: set[int]) -> str:
-    """The text with the marked tokens wrapped in <<...>>, runs of marked tokens merged."""
-    out: list[str] = []
-    for i, token in enumerate(str_tokens):
-        if i in marked and (i - 1) not in marked:
-            out.append("<<")
-        out.append(token)
-        if i in marked and (i + 1) not in marked:
-            out.append(">>")
-    return "".join(out)
+def decoy_patterns(
+    real: list[set[int]], n: int, rng: random.Random, lengths: list[int]
+) -> list[set[int]]:
+    """Marks for n wrongly marked examples: each copies the positions of one real example's
+    marks, cycling through the real examples in a shuffled order. The decoys therefore have
+    the same number of marks, the same runs and the same places in the window as the real
+    ones, and only what the marked tokens are can tell them apart."""
+    if not real:
+        return [{rng.randrange(length)} if length else set() for length in lengths[:n]]
+    order = list(range(len(real)))
+    rng.shuffle(order)
+    return [fit_pattern(real[order[i % len(order)]], lengths[i]) for i in range(n)]
 
 
-def mark_activating(example: Example) -> str:
-    """The example's text with the tokens where the latent fires highlighted."""
-    return highlight(example.str_tokens, {i for i, a in enumerate(example.activations) if a > 0})
-
-
-def typical_mark_count(examples: list[Example]) -> int:
-    """How many tokens a wrongly marked example gets: the mean number of activating tokens."""
-    counts = [sum(1 for a in e.activations if a > 0) for e in examples]
-    return max(1, math.floor(sum(counts) / len(counts) + 0.5)) if counts else 1
+def fit_pattern(pattern: set[int], length: int) -> set[int]:
+    """The pattern shifted left just enough to fit a window of `length` tokens (windows are
+    normally the same length, so it rarely moves)."""
+    if not pattern or length <= 0:
+        return set()
+    shift = max(0, max(pattern) - (length - 1))
+    return {p - shift for p in pattern if p - shift >= 0}
 
 
 class ClassifierScorer(Scorer):
@@ -133,28 +155,39 @@ class ClassifierScorer(Scorer):
     task = ""
 
     async def _score(
-        self, record: LatentRecord, explanation: str | None
+        self, record: LatentRecord, explanation: str | None, previous: dict[str, Any] | None
     ) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
         rng = self.rng(record)
         items = self.items(record, rng)
         rng.shuffle(items)
         size = self.cfg.num_examples_per_scorer_prompt
         batches = [items[i : i + size] for i in range(0, len(items), size)]
-        answers = await asyncio.gather(*(self.ask(explanation or "", b) for b in batches))
+        kept = reusable_answers(previous, [[item.text for item in b] for b in batches])
+        todo = [i for i in range(len(batches)) if i not in kept]
+        answers = await asyncio.gather(*(self.ask(explanation or "", batches[i]) for i in todo))
+        asked: dict[int, Answer[BatchAnswer]] = dict(zip(todo, answers, strict=True))
 
         records: list[dict[str, Any]] = []
         errors: list[str] = []
-        for batch, (predictions, probs, error) in zip(batches, answers, strict=True):
-            if error:
-                errors.append(error)
+        retries = int((previous or {}).get("metrics", {}).get("n_retries", 0)) if kept else 0
+        for index, batch in enumerate(batches):
+            if index in kept:
+                records += kept[index]
+                continue
+            answer = asked[index]
+            retries += answer.retries
+            if answer.error:
+                errors.append(answer.error)
+            predictions, probs = answer.value if answer.value is not None else (None, None)
             for i, item in enumerate(batch):
                 prediction = predictions[i] if predictions else None
                 entry: dict[str, Any] = {
                     "text": item.text,
                     "activating": item.activating,
                     "quantile": item.quantile,
+                    "batch": index,
                     "prediction": prediction,
-                    "correct": prediction is not None and prediction == item.activating,
+                    "correct": None if prediction is None else prediction == item.activating,
                 }
                 if self.cfg.log_probs:
                     entry["probability"] = probs[i] if probs else None
@@ -162,12 +195,13 @@ class ClassifierScorer(Scorer):
         metrics = binary_metrics(
             [r["activating"] for r in records], [r["prediction"] for r in records]
         )
-        metrics["n_batches"] = len(batches)
-        metrics["n_failed_batches"] = len(errors)
+        if self.cfg.log_probs:
+            metrics.update(probability_auc(records))
+        metrics.update(batch_counts(len(batches), len(errors), retries))
         if errors:
             metrics["failures"] = failure_messages(errors)
         error = None
-        if errors and len(errors) == len(batches):
+        if errors and metrics["n"] == 0:
             error = f"every request failed ({len(errors)}): {errors[0]}"
         return records, metrics, error
 
@@ -185,33 +219,40 @@ class ClassifierScorer(Scorer):
         ]
         return "\n".join(lines)
 
-    async def ask(
-        self, explanation: str, batch: list[Item]
-    ) -> tuple[list[bool] | None, list[float] | None, str | None]:
-        """(predictions, probabilities, error) for one batch; failures are returned, not raised."""
-        from autointerp_full.llm.base import LLMError
-
+    async def ask(self, explanation: str, batch: list[Item]) -> Answer[BatchAnswer]:
+        """One batch's answer, re-asked while unreadable; failures are returned, not raised."""
         messages = self.messages(self.prompt_key, self.user_prompt(explanation, batch))
         prefix = self.prefix()
         want_logprobs = bool(self.cfg.log_probs)
-        try:
+
+        async def attempt(temperature: float) -> BatchAnswer:
             completion = await self.client.generate(
                 messages,
                 max_tokens=32 + 8 * len(batch),
-                temperature=0.0,
+                temperature=temperature,
                 logprobs=want_logprobs,
                 top_logprobs=TOP_LOGPROBS if want_logprobs else 0,
+                schema=answer_schema(self.prompts, self.prompt_key, len(batch)),
             )
-        except LLMError as exc:
-            return None, None, f"LLM request failed: {exc}"
-        text = prefix + completion.text
-        predictions = parse_binary_answers(text, len(batch))
-        if predictions is None and prefix:
-            predictions = parse_prefilled_list(text, len(batch))
-        if predictions is None:
-            return None, None, f"unparseable answer: {text[:200]!r}"
-        probs = answer_probabilities(completion.logprobs, len(batch)) if want_logprobs else None
-        return predictions, probs, None
+            text = prefix + completion.text
+            predictions = parse_binary_answers(text, len(batch))
+            if predictions is None and prefix:
+                predictions = parse_prefilled_list(text, len(batch))
+            if predictions is None:
+                raise Unreadable(repr(text[:200]))
+            probs = answer_probabilities(completion.logprobs, len(batch)) if want_logprobs else None
+            return predictions, probs
+
+        return await self.ask_until_read(attempt)
+
+
+def probability_auc(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """AUC of P(yes) over the examples that have one (failed batches have none), and how many
+    examples it covers."""
+    scored = [r for r in records if r.get("probability") is not None]
+    pos = [r["probability"] for r in scored if r["activating"]]
+    neg = [r["probability"] for r in scored if not r["activating"]]
+    return {"auc": auc(pos, neg), "n_probabilities": len(pos) + len(neg)}
 
 
 class DetectionScorer(ClassifierScorer):
@@ -241,10 +282,14 @@ class FuzzScorer(ClassifierScorer):
     )
 
     def items(self, record: LatentRecord, rng: random.Random) -> list[Item]:
-        n_marked = typical_mark_count(record.test)
-        items = [Item(mark_activating(e), True, e.quantile) for e in record.test]
-        for e in record.non_activating:
-            k = min(n_marked, len(e.str_tokens))
-            marked = set(rng.sample(range(len(e.str_tokens)), k))
-            items.append(Item(highlight(e.str_tokens, marked), False, e.quantile))
+        threshold = self.cfg.highlight_threshold
+        real = [highlighted(e.activations, threshold) for e in record.test]
+        items = [
+            Item(highlight(e.str_tokens, marks), True, e.quantile)
+            for e, marks in zip(record.test, real, strict=True)
+        ]
+        lengths = [len(e.str_tokens) for e in record.non_activating]
+        decoys = decoy_patterns(real, len(lengths), rng, lengths)
+        for e, marks in zip(record.non_activating, decoys, strict=True):
+            items.append(Item(highlight(e.str_tokens, marks), False, e.quantile))
         return items

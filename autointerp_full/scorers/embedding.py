@@ -27,7 +27,7 @@ class EmbeddingScorer(Scorer):
     name = "embedding"
 
     async def _score(
-        self, record: LatentRecord, explanation: str | None
+        self, record: LatentRecord, explanation: str | None, previous: dict[str, Any] | None
     ) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
         chosen = [(e, True) for e in record.test] + [(e, False) for e in record.non_activating]
         texts = [example_text(e) for e, _ in chosen]

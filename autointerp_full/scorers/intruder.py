@@ -7,22 +7,31 @@ import asyncio
 import re
 from typing import TYPE_CHECKING, Any
 
-from autointerp_full.scorers.base import Scorer, failure_messages
-from autointerp_full.scorers.classifier import (
-    highlight,
-    mark_activating,
-    typical_mark_count,
+from autointerp_full.explainers.formatting import highlight, highlighted
+from autointerp_full.scorers.answers import answer_schema, json_choice
+from autointerp_full.scorers.base import (
+    Answer,
+    Scorer,
+    Unreadable,
+    batch_counts,
+    failure_messages,
+    reusable_answers,
 )
+from autointerp_full.scorers.classifier import fit_pattern
 
 if TYPE_CHECKING:
-    from autointerp_full.examples.types import LatentRecord
+    from autointerp_full.examples.types import Example, LatentRecord
 
 
 def parse_choice(text: str, n: int) -> int | None:
     """The 1-based example number the completion names as the intruder, or None.
 
-    Prefers an explicit "ANSWER: k" (the last one); otherwise the completion must mention exactly
-    one example number in range, so reasoning that names several examples does not guess."""
+    Reads the prompt's JSON ({"intruder": k}) first; then prefers an explicit "ANSWER: k" (the
+    last one); otherwise the completion must mention exactly one example number in range, so
+    reasoning that names several examples does not guess."""
+    from_json = json_choice(text, n)
+    if from_json is not None:
+        return from_json
     marked = re.findall(r"answer\W{0,5}(?:example\s*)?(\d+)", text, re.IGNORECASE)
     for value in reversed(marked):
         if 1 <= int(value) <= n:
@@ -38,7 +47,7 @@ class IntruderScorer(Scorer):
     prompt_key = "scorers.intruder.system"
 
     async def _score(
-        self, record: LatentRecord, explanation: str | None
+        self, record: LatentRecord, explanation: str | None, previous: dict[str, Any] | None
     ) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
         size = max(2, self.cfg.num_examples_per_scorer_prompt)
         rng = self.rng(record)
@@ -52,45 +61,73 @@ class IntruderScorer(Scorer):
         prompts = []
         for i in range(n_prompts):
             group = activating[i * (size - 1) : (i + 1) * (size - 1)]
-            shown = [mark_activating(e) for e in group]
-            # The intruder gets as many marks as its companions have on average, at random.
+            shown = [self.marked(e, self.marks(e)) for e in group]
             intruder = intruders[i]
-            k = min(typical_mark_count(group), len(intruder.str_tokens))
-            marked = set(rng.sample(range(len(intruder.str_tokens)), k))
+            marks = self.decoy_marks(activating, group, len(intruder.str_tokens), rng)
             position = rng.randrange(size)
-            shown.insert(position, highlight(intruder.str_tokens, marked))
+            shown.insert(position, self.marked(intruder, marks))
             prompts.append((shown, position))
-        answers = await asyncio.gather(*(self.ask(shown) for shown, _ in prompts))
+        kept = reusable_answers(previous, [[shown[p]] for shown, p in prompts])
+        todo = [i for i in range(n_prompts) if i not in kept]
+        answers = await asyncio.gather(*(self.ask(prompts[i][0]) for i in todo))
+        asked: dict[int, Answer[int]] = dict(zip(todo, answers, strict=True))
 
         records: list[dict[str, Any]] = []
         errors: list[str] = []
-        for (shown, position), (choice, error) in zip(prompts, answers, strict=True):
-            if error:
-                errors.append(error)
+        retries = int((previous or {}).get("metrics", {}).get("n_retries", 0)) if kept else 0
+        for index, (shown, position) in enumerate(prompts):
+            if index in kept:
+                records += kept[index]
+                continue
+            answer = asked[index]
+            retries += answer.retries
+            if answer.error:
+                errors.append(answer.error)
+            choice = answer.value
             records.append(
                 {
                     "text": shown[position],
                     "activating": False,
                     "quantile": -1,
+                    "batch": index,
                     "intruder": position + 1,
                     "prediction": choice,
-                    "correct": choice == position + 1,
+                    "correct": None if choice is None else choice == position + 1,
                     "shown": shown,
                 }
             )
-        n_correct = sum(1 for r in records if r["correct"])
+        answered = [r for r in records if r["prediction"] is not None]
+        n_correct = sum(1 for r in answered if r["correct"])
         metrics: dict[str, Any] = {
-            "accuracy": n_correct / len(records),
-            "n": len(records),
-            "n_failed": len(errors),
+            "accuracy": n_correct / len(answered) if answered else None,
+            "n": len(answered),
+            "n_failed": len(records) - len(answered),
             "chance": 1 / size,
+            **batch_counts(n_prompts, len(errors), retries),
         }
         if errors:
             metrics["failures"] = failure_messages(errors)
         error = None
-        if len(errors) == len(records):
+        if not answered:
             error = f"every request failed ({len(errors)}): {errors[0]}"
         return records, metrics, error
+
+    def marks(self, example: Example) -> set[int]:
+        return highlighted(example.activations, self.cfg.highlight_threshold)
+
+    @staticmethod
+    def marked(example: Example, marks: set[int]) -> str:
+        return highlight(example.str_tokens, marks)
+
+    def decoy_marks(
+        self, activating: list[Example], group: list[Example], length: int, rng: Any
+    ) -> set[int]:
+        """The intruder's marks copy the positions of an activating example's marks, so their
+        count, runs and places match its companions'. The donor is not one of the companions
+        when another is available (a duplicated pattern would point at the pair)."""
+        shown = {id(e) for e in group}
+        donors = [e for e in activating if id(e) not in shown] or group
+        return fit_pattern(self.marks(donors[rng.randrange(len(donors))]), length)
 
     def user_prompt(self, shown: list[str]) -> str:
         lines = ["Examples:"]
@@ -101,24 +138,26 @@ class IntruderScorer(Scorer):
         ]
         return "\n".join(lines)
 
-    async def ask(self, shown: list[str]) -> tuple[int | None, str | None]:
-        from autointerp_full.llm.base import LLMError
+    async def ask(self, shown: list[str]) -> Answer[int]:
+        messages = self.messages(self.prompt_key, self.user_prompt(shown))
+        prefix = self.prefix()
 
-        try:
+        async def attempt(temperature: float) -> int:
             completion = await self.client.generate(
-                self.messages(self.prompt_key, self.user_prompt(shown)),
+                messages,
                 max_tokens=64,
-                temperature=0.0,
+                temperature=temperature,
+                schema=answer_schema(self.prompts, self.prompt_key, len(shown)),
             )
-        except LLMError as exc:
-            return None, f"LLM request failed: {exc}"
-        text = self.prefix() + completion.text
-        choice = parse_choice(text, len(shown))
-        if choice is None and self.prefix():
-            # The number that completes the handed-over opening is the answer, whatever follows.
-            first = re.match(r"\s*(\d+)", completion.text)
-            if first and 1 <= int(first.group(1)) <= len(shown):
-                choice = int(first.group(1))
-        if choice is None:
-            return None, f"unparseable answer: {text[:200]!r}"
-        return choice, None
+            text = prefix + completion.text
+            choice = parse_choice(text, len(shown))
+            if choice is None and prefix:
+                # The number that completes the handed-over opening is the answer, whatever follows.
+                first = re.match(r"\s*(\d+)", completion.text)
+                if first and 1 <= int(first.group(1)) <= len(shown):
+                    choice = int(first.group(1))
+            if choice is None:
+                raise Unreadable(repr(text[:200]))
+            return choice
+
+        return await self.ask_until_read(attempt)

@@ -9,12 +9,18 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
+from autointerp_full.scorers.answers import answer_schema, expected_values, json_predictions
 from autointerp_full.scorers.base import (
+    Answer,
     Scorer,
+    Unreadable,
+    batch_counts,
     example_text,
     failure_messages,
+    is_constant,
     mean,
     pearson,
+    reusable_answers,
     strip_token,
     top_distribution,
 )
@@ -28,10 +34,14 @@ LEVELS = {str(v) for v in range(SCALE + 1)}
 
 
 def parse_predictions(text: str, n: int) -> tuple[list[float], int] | None:
-    """Predictions from "<token number>: <value>" lines (or, failing that, from a list of
-    numbers), clipped to 0..10; missing tokens are 0 and extra ones dropped.
+    """Predictions from the prompt's JSON ({"1": 0, "2": 8, ...}), else from "<token number>:
+    <value>" lines (or, failing that, from a list of numbers), clipped to 0..10; missing tokens
+    are 0 and extra ones dropped.
 
     Returns (n values, how many predictions the reply held), or None for no predictions."""
+    from_json = json_predictions(text, n, SCALE)
+    if from_json is not None:
+        return from_json
     by_index: dict[int, float] = {}
     for index, value in re.findall(r"(?m)^\s*(\d+)\s*[:.)=-]\s*(-?\d+(?:\.\d+)?)", text):
         by_index.setdefault(int(index), float(value))
@@ -51,7 +61,8 @@ def parse_predictions(text: str, n: int) -> tuple[list[float], int] | None:
 
 
 def prediction_positions(logprobs: list[Any]) -> list[Any]:
-    """The completion tokens holding a prediction: the first number after each ':'."""
+    """The completion tokens holding a prediction: the first number after each ':' (a
+    handed-over "1:" opening is in the logprobs of offline clients, so the first counts too)."""
     out = []
     after_colon = False
     for item in logprobs:
@@ -72,11 +83,15 @@ def prediction_positions(logprobs: list[Any]) -> list[Any]:
 def expected_levels(logprobs: list[Any] | None, n: int) -> list[float] | None:
     """Expected activation per token from the top log-probabilities over "0".."10".
 
-    Needs each prediction to be one output token; when the tokenizer splits a number (say "10"
-    into "1", "0") or lines are missing, the positions do not line up and None sends the caller
-    to the text."""
+    Reads the values of a JSON answer first, else the numbers of "k: v" lines. Needs each
+    prediction to be one output token; when the tokenizer splits a number (say "10" into "1",
+    "0") or lines are missing, the positions do not line up and None sends the caller to the
+    text."""
     if not logprobs:
         return None
+    from_json = expected_values(logprobs, n, SCALE)
+    if from_json is not None:
+        return from_json
     positions = prediction_positions(logprobs)
     if len(positions) != n:
         return None
@@ -103,7 +118,7 @@ class SimulationScorer(Scorer):
     prompt_key = "scorers.simulation.system"
 
     async def _score(
-        self, record: LatentRecord, explanation: str | None
+        self, record: LatentRecord, explanation: str | None, previous: dict[str, Any] | None
     ) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
         rng = self.rng(record)
         # Every test example plus a quarter as many non-activating ones, so that predicting
@@ -115,50 +130,49 @@ class SimulationScorer(Scorer):
         max_act = record.max_activation or max(
             (max(e.activations, default=0.0) for e in record.test), default=0.0
         )
-        answers = await asyncio.gather(*(self.simulate(explanation or "", e) for e, _ in chosen))
+        # One example per request: each is a batch of its own.
+        kept = reusable_answers(previous, [[example_text(e)] for e, _ in chosen])
+        todo = [i for i in range(len(chosen)) if i not in kept]
+        answers = await asyncio.gather(
+            *(self.simulate(explanation or "", chosen[i][0]) for i in todo)
+        )
+        asked: dict[int, Answer[tuple[list[float], dict[str, Any]]]] = dict(
+            zip(todo, answers, strict=True)
+        )
 
         records: list[dict[str, Any]] = []
         errors: list[str] = []
-        all_true: list[float] = []
-        all_pred: list[float] = []
-        per_example: list[float | None] = []
-        n_mismatched = 0
-        for (example, activating), (predicted, info, error) in zip(chosen, answers, strict=True):
+        retries = int((previous or {}).get("metrics", {}).get("n_retries", 0)) if kept else 0
+        for index, (example, activating) in enumerate(chosen):
+            if index in kept:
+                records += kept[index]
+                continue
+            answer = asked[index]
+            retries += answer.retries
             true = normalised(example, max_act)
+            predicted, info = answer.value if answer.value is not None else (None, {})
             entry: dict[str, Any] = {
                 "text": example_text(example),
                 "activating": activating,
                 "quantile": example.quantile,
+                "batch": index,
                 "true": [round(v, 3) for v in true],
                 "prediction": None if predicted is None else [round(v, 3) for v in predicted],
             }
-            if error:
-                errors.append(error)
-                entry["error"] = error
+            if answer.error:
+                errors.append(answer.error)
+                entry["error"] = answer.error
             else:
-                assert predicted is not None
                 entry.update(info)
-                n_mismatched += bool(info.get("length_mismatch"))
-                correlation = pearson(predicted, true)
-                entry["correlation"] = correlation
-                per_example.append(correlation)
-                all_true += true
-                all_pred += predicted
+                entry["correlation"] = example_correlation(entry["prediction"], entry["true"])
             records.append(entry)
-        metrics: dict[str, Any] = {
-            "correlation": pearson(all_pred, all_true),
-            "per_example_correlation": mean(per_example),
-            "n": len(records) - len(errors),
-            "n_failed": len(errors),
-            "n_length_mismatch": n_mismatched,
-        }
+        metrics = simulation_metrics(records)
+        metrics.update(batch_counts(len(chosen), len(errors), retries))
         if errors:
             metrics["failures"] = failure_messages(errors)
-        error = (
-            f"every request failed ({len(errors)}): {errors[0]}"
-            if errors and len(errors) == len(records)
-            else None
-        )
+        error = None
+        if errors and metrics["n"] == 0:
+            error = f"every request failed ({len(errors)}): {errors[0]}"
         return records, metrics, error
 
     def user_prompt(self, explanation: str, example: Example) -> str:
@@ -177,32 +191,66 @@ class SimulationScorer(Scorer):
 
     async def simulate(
         self, explanation: str, example: Example
-    ) -> tuple[list[float] | None, dict[str, Any], str | None]:
-        """(predictions, details, error) for one example; failures are returned, not raised."""
-        from autointerp_full.llm.base import LLMError
-
+    ) -> Answer[tuple[list[float], dict[str, Any]]]:
+        """(predictions, details) for one example, re-asked while unreadable; failures are
+        returned, not raised."""
         n = len(example.str_tokens)
         want_logprobs = bool(self.cfg.log_probs)
-        try:
+        messages = self.messages(self.prompt_key, self.user_prompt(explanation, example))
+
+        async def attempt(temperature: float) -> tuple[list[float], dict[str, Any]]:
             completion = await self.client.generate(
-                self.messages(self.prompt_key, self.user_prompt(explanation, example)),
-                max_tokens=16 + 6 * n,
-                temperature=0.0,
+                messages,
+                max_tokens=16 + 8 * n,  # a JSON answer spends about 6 tokens per token number
+                temperature=temperature,
                 logprobs=want_logprobs,
                 top_logprobs=TOP_LOGPROBS if want_logprobs else 0,
+                schema=answer_schema(self.prompts, self.prompt_key, n),
             )
-        except LLMError as exc:
-            return None, {}, f"LLM request failed: {exc}"
-        if want_logprobs:
-            expected = expected_levels(completion.logprobs, n)
-            if expected is not None:
-                return expected, {"mode": "logprobs"}, None
-        text = self.prefix() + completion.text
-        parsed = parse_predictions(text, n)
-        if parsed is None:
-            return None, {}, f"unparseable answer: {text[:200]!r}"
-        values, found = parsed
-        info: dict[str, Any] = {"mode": "text"}
-        if found != n:
-            info["length_mismatch"] = {"expected": n, "found": found}
-        return values, info, None
+            if want_logprobs:
+                expected = expected_levels(completion.logprobs, n)
+                if expected is not None:
+                    return expected, {"mode": "logprobs"}
+            text = self.prefix() + completion.text
+            parsed = parse_predictions(text, n)
+            if parsed is None:
+                raise Unreadable(repr(text[:200]))
+            values, found = parsed
+            info: dict[str, Any] = {"mode": "text"}
+            if found != n:
+                info["length_mismatch"] = {"expected": n, "found": found}
+            return values, info
+
+        return await self.ask_until_read(attempt)
+
+
+def example_correlation(predicted: list[float], true: list[float]) -> float | None:
+    """Pearson correlation of one example's predictions with its true activations.
+
+    Constant predictions carry no information: they score 0 (pearson itself is undefined
+    there), rather than being dropped, which would flatter the mean. When the true activations
+    are constant (a non-activating example) there is nothing to correlate with: None."""
+    if is_constant(true):
+        return None
+    if is_constant(predicted):
+        return 0.0
+    return pearson(predicted, true)
+
+
+def simulation_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Correlation pooled over every answered token, its mean per example, and the counts."""
+    answered = [r for r in records if r["prediction"] is not None]
+    all_pred = [v for r in answered for v in r["prediction"]]
+    all_true = [v for r in answered for v in r["true"]]
+    per_example = [r.get("correlation") for r in answered]
+    return {
+        "correlation": example_correlation(all_pred, all_true) if answered else None,
+        "per_example_correlation": mean(per_example),
+        "n": len(answered),
+        "n_failed": len(records) - len(answered),
+        # Examples whose true activations vary but whose predictions did not (scored 0).
+        "n_constant": sum(
+            1 for r in answered if is_constant(r["prediction"]) and not is_constant(r["true"])
+        ),
+        "n_length_mismatch": sum(1 for r in answered if r.get("length_mismatch")),
+    }

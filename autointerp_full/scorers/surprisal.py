@@ -80,7 +80,7 @@ class SurprisalScorer(Scorer):
     name = "surprisal"
 
     async def _score(
-        self, record: LatentRecord, explanation: str | None
+        self, record: LatentRecord, explanation: str | None, previous: dict[str, Any] | None
     ) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
         chosen = [(e, True) for e in record.test] + [(e, False) for e in record.non_activating]
         with_expl, without = await asyncio.to_thread(
