@@ -1,19 +1,33 @@
 """Sparse models (SAEs and transcoders): one encoder class, and loaders for three file layouts.
 
-Layouts:
+Layouts, and how each is read so that latents match their reference library:
 - sparsify (EleutherAI): `<root>/<hookpoint>/cfg.json` + `sae.safetensors`
-  (`encoder.weight` [L, d_in], `encoder.bias` [L], `W_dec` [L, d_out], `b_dec` [d_out]).
-  The encoder sees `x - b_dec` unless the model is a transcoder; ReLU, then top-k.
+  (`encoder.weight` [L, d_in], `encoder.bias` [L], `W_dec` [L, d_out], `b_dec` [d_out],
+  optional `W_skip` [d_out, d_in]). As sparsify does, the encoder sees `x - b_dec` unless
+  `transcode` is set; ReLU, then top-k. A model with `transcode` or `skip_connection` is a
+  transcoder: it reads the hooked module's input.
 - SAELens: `cfg.json` + `sae_weights.safetensors` (`W_enc` [d_in, L], `W_dec` [L, d_out]);
-  `apply_b_dec_to_input` decides the input centring; standard (ReLU), jumprelu and topk.
+  standard (ReLU), jumprelu, topk and the (skip/jumprelu) transcoder architectures. As in
+  SAELens, `apply_b_dec_to_input` is True when the key is missing (transcoders never centre);
+  `rescale_acts_by_decoder_norm` (TopK) multiplies pre-activations by each latent's decoder
+  norm before the top-k; `normalize_activations` is honoured: "expected_average_only_in"
+  multiplies inputs by the stored scaling factor (`activation_scaler.json` next to the
+  weights, or `norm_scaling_factor`/`scaling_factor` in cfg.json), "constant_norm_rescale"
+  rescales each input to norm sqrt(d_in), "layer_norm" standardises each input.
 - Gemma Scope: `params.npz` (`W_enc` [d_in, L], `W_dec`, `b_enc`, `b_dec`, `threshold`); JumpReLU.
+  A Gemma Scope model whose folder or repo names "transcoder" is a transcoder that reads the
+  MLP input (the input of `layers.N.mlp`, after the pre-MLP norm), as SAELens hooks it.
 SAELens and Gemma Scope files are looked for in `<root>/<hookpoint>/`, then in `<root>` itself.
+
+`randomize_weights` replaces a loaded model's weights by random ones of the same architecture
+and shapes (the `--random_sparse_model` control).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +36,15 @@ import torch
 from .errors import UserError, one_line
 
 ACTIVATIONS = ("topk", "relu", "jumprelu")
+# Per-input normalisations applied before encoding (SAELens `normalize_activations`).
+INPUT_NORMS = ("none", "constant_norm_rescale", "layer_norm")
+# Where a model's inputs come from, when the format says so; "mlp_input" needs an MLP hookpoint.
+INPUT_SITES = ("", "mlp_input")
 SPARSIFY_FILES = ("cfg.json", "sae.safetensors")
 SAELENS_FILES = ("cfg.json", "sae_weights.safetensors")
 GEMMA_SCOPE_FILES = ("params.npz",)
+SAELENS_SCALER_FILE = "activation_scaler.json"
+LAYER_NORM_EPS = 1e-5  # SAELens's runtime layer norm: (x - mean) / (std + eps)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
@@ -32,11 +52,14 @@ class SparseCoder(torch.nn.Module):
     """An SAE (d_out == d_in, reconstructs its input) or a transcoder (maps a module's input to
     its output). Latent activations are:
 
-    - topk:     top-k of relu(pre_acts), all other latents 0
+    - topk:     top-k of pre_acts, then relu, all other latents 0
     - relu:     relu(pre_acts)
     - jumprelu: relu(pre_acts) where pre_acts > threshold, else 0
 
-    with pre_acts = (x - b_pre) @ W_enc.T + b_enc, b_pre being 0 unless the format centres inputs.
+    with pre_acts = (norm(x) - b_pre) @ W_enc.T + b_enc, where norm is the identity unless
+    `input_norm` says otherwise and b_pre is b_dec when `center_input`, else 0. Per-latent and
+    per-model scalings of the formats (a stored input scaling factor, TopK's decoder-norm
+    rescaling) are folded into W_enc, b_enc and W_dec when loading, so they cost nothing here.
     """
 
     def __init__(
@@ -49,6 +72,9 @@ class SparseCoder(torch.nn.Module):
         k: int | None = None,
         transcoder: bool = False,
         center_input: bool = False,
+        input_norm: str = "none",
+        skip_connection: bool = False,
+        input_site: str = "",
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -57,9 +83,14 @@ class SparseCoder(torch.nn.Module):
             raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
         if activation == "topk" and not (k and 0 < k <= num_latents):
             raise ValueError(f"topk needs 0 < k <= num_latents (k={k}, num_latents={num_latents})")
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {INPUT_NORMS}, not {input_norm!r}")
+        if input_site not in INPUT_SITES:
+            raise ValueError(f"input_site must be one of {INPUT_SITES}, not {input_site!r}")
         self.d_in, self.num_latents = d_in, num_latents
         self.d_out = d_out or d_in
         self.activation, self.k, self.transcoder = activation, k, transcoder
+        self.input_norm, self.input_site = input_norm, input_site
         opts = {"device": device, "dtype": dtype}
         self.W_enc = torch.nn.Parameter(torch.zeros(num_latents, d_in, **opts))
         self.b_enc = torch.nn.Parameter(torch.zeros(num_latents, **opts))
@@ -70,6 +101,10 @@ class SparseCoder(torch.nn.Module):
             if activation == "jumprelu"
             else None
         )
+        # A skip transcoder adds x @ W_skip.T to its output; encoding never uses it.
+        self.W_skip = (
+            torch.nn.Parameter(torch.zeros(self.d_out, d_in, **opts)) if skip_connection else None
+        )
         # Input centring: sparsify and SAELens subtract b_dec itself, so no separate tensor.
         self.center_input = center_input
         if center_input and self.d_out != d_in:
@@ -77,15 +112,30 @@ class SparseCoder(torch.nn.Module):
 
     def extra_repr(self) -> str:
         k = f", k={self.k}" if self.activation == "topk" else ""
+        norm = f", input_norm={self.input_norm}" if self.input_norm != "none" else ""
+        skip = ", skip_connection=True" if self.W_skip is not None else ""
         return (
             f"d_in={self.d_in}, d_out={self.d_out}, num_latents={self.num_latents}, "
-            f"activation={self.activation}{k}, transcoder={self.transcoder}"
+            f"activation={self.activation}{k}, transcoder={self.transcoder}{norm}{skip}"
         )
 
     # ------------------------------------------------------------------------------ encoding
+    def _input_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(normalised x, the per-row (scale, shift) needed to undo it, or None)."""
+        if self.input_norm == "constant_norm_rescale":
+            coeff = self.d_in**0.5 / x.norm(dim=-1, keepdim=True)
+            return x * coeff, torch.stack((1 / coeff, torch.zeros_like(coeff)))
+        if self.input_norm == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            std = (x - mu).std(dim=-1, keepdim=True)
+            return (x - mu) / (std + LAYER_NORM_EPS), torch.stack((std, mu))
+        return x, None
+
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations [N, L] for inputs [N, d_in]."""
         x = x.to(self.W_enc.dtype)
+        if self.input_norm != "none":
+            x = self._input_scale(x)[0]
         if self.center_input:
             x = x - self.b_dec
         return (
@@ -123,11 +173,19 @@ class SparseCoder(torch.nn.Module):
         return rows, latents, pre[rows, latents]
 
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
-        """Reconstruction [N, d_out] from dense activations [N, L]."""
+        """Reconstruction [N, d_out] from dense activations [N, L], in the normalised space of
+        `input_norm` (forward undoes the normalisation) and without the skip connection."""
         return acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        x = x.to(self.W_enc.dtype)
+        out = self.decode(self.encode(x))
+        undo = self._input_scale(x)[1] if self.input_norm != "none" else None
+        if undo is not None:
+            out = out * undo[0] + undo[1]
+        if self.W_skip is not None:
+            out = out + x @ self.W_skip.T
+        return out
 
 
 # ------------------------------------------------------------------------------------- loaders
@@ -179,15 +237,19 @@ def load_sparsify(
                 f"--sparse_model: {folder / 'cfg.json'} says {key}={cfg[key]} but the "
                 f"weights have {value}"
             )
-    transcoder = bool(cfg.get("transcode", False))
+    transcode = bool(cfg.get("transcode", False))
+    skip = bool(cfg.get("skip_connection", False)) or "W_skip" in t
     coder = SparseCoder(
         d_in,
         num_latents,
         d_out=t["W_dec"].shape[1],
         activation=activation,
         k=cfg.get("k"),
-        transcoder=transcoder,
-        center_input=not transcoder,
+        # The skip connection maps the module's input, so such a model reads the input too.
+        transcoder=transcode or skip,
+        # sparsify centres on b_dec exactly when it is not transcoding.
+        center_input=not transcode,
+        skip_connection="W_skip" in t,
         device=device,
         dtype=dtype,
     )
@@ -197,63 +259,170 @@ def load_sparsify(
         "W_dec": "W_dec",
         "b_dec": "b_dec",
         "threshold": "threshold",
+        "W_skip": "W_skip",
     }
     return _fill(coder, {ours: t[theirs] for theirs, ours in names.items() if theirs in t})
+
+
+def _saelens_activation(arch: str, fn: str) -> str:
+    """Our activation for a SAELens architecture name and activation function."""
+    if arch in ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder"):
+        return "jumprelu"
+    if arch == "topk" or (arch == "standard" and fn == "topk"):
+        return "topk"
+    if arch in ("standard", "relu", "transcoder", "skip_transcoder") and fn == "relu":
+        return "relu"
+    raise UserError(
+        f"--sparse_model: SAELens architecture {arch!r} with activation {fn!r} is not "
+        "supported (supported: standard, jumprelu, topk, transcoder, skip_transcoder, "
+        "jumprelu_transcoder, jumprelu_skip_transcoder)"
+    )
+
+
+def _saelens_input_norm(cfg: dict[str, Any]) -> str:
+    """SAELens's `normalize_activations`, with its pre-6.0 spellings (a bool, or null)."""
+    norm = cfg.get("normalize_activations")
+    if norm in (None, False, "none"):
+        return "none"
+    if norm is True:
+        return "expected_average_only_in"
+    if norm in ("expected_average_only_in", "constant_norm_rescale", "layer_norm"):
+        return str(norm)
+    raise UserError(
+        f"--sparse_model: SAELens normalize_activations={norm!r} is not supported (supported: "
+        "none, expected_average_only_in, constant_norm_rescale, layer_norm)"
+    )
+
+
+def _saelens_scaling_factor(folder: Path, cfg: dict[str, Any]) -> float:
+    """The input scaling factor of an "expected_average_only_in" model that was not folded."""
+    scaler = folder / SAELENS_SCALER_FILE
+    candidates = [_read_json(scaler).get("scaling_factor")] if scaler.is_file() else []
+    candidates += [cfg.get("norm_scaling_factor"), cfg.get("scaling_factor")]
+    value = next((v for v in candidates if v is not None), None)
+    if value is None:
+        raise UserError(
+            f"--sparse_model: {folder / 'cfg.json'} has normalize_activations="
+            "'expected_average_only_in' but no scaling factor was found (looked for "
+            f"{SAELENS_SCALER_FILE} with 'scaling_factor', and 'norm_scaling_factor' in cfg.json)"
+        )
+    try:
+        factor = float(value)
+    except (TypeError, ValueError):
+        factor = float("nan")
+    if not factor > 0 or factor == float("inf"):
+        raise UserError(f"--sparse_model: the input scaling factor in {folder} is {value!r}")
+    return factor
+
+
+def fold_input_scaling(tensors: dict[str, torch.Tensor], factor: float) -> None:
+    """Make the model encode `factor * x` when given x, as SAELens's
+    fold_activation_norm_scaling_factor does: W_enc * factor; b_dec and W_dec / factor."""
+    tensors["W_enc"] = tensors["W_enc"] * factor
+    tensors["W_dec"] = tensors["W_dec"] / factor
+    tensors["b_dec"] = tensors["b_dec"] / factor
+
+
+def fold_decoder_norm(tensors: dict[str, torch.Tensor]) -> None:
+    """TopK with `rescale_acts_by_decoder_norm`: pre-activations are multiplied by each latent's
+    decoder norm before the top-k, and decoding divides by it again. Folding the norm into the
+    encoder rows (and out of the decoder rows) gives the same activations and reconstruction."""
+    norms = tensors["W_dec"].float().norm(dim=1)
+    safe = torch.where(norms > 0, norms, torch.ones_like(norms))  # a zero row stays zero
+    tensors["W_enc"] = tensors["W_enc"] * norms[:, None]
+    tensors["b_enc"] = tensors["b_enc"] * norms
+    tensors["W_dec"] = tensors["W_dec"] / safe[:, None]
+
+
+def _saelens_site(cfg: dict[str, Any]) -> str:
+    """'mlp_input' when SAELens's hook name is the MLP input (ln2.hook_normalized, hook_mlp_in)."""
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    hook = str(cfg.get("hook_name") or cfg.get("hook_point") or meta.get("hook_name") or "")
+    return "mlp_input" if hook.endswith(("ln2.hook_normalized", "hook_mlp_in")) else ""
 
 
 def load_saelens(
     folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> SparseCoder:
-    """A SAELens SAE from `folder/{cfg.json, sae_weights.safetensors}`."""
+    """A SAELens SAE or transcoder from `folder/{cfg.json, sae_weights.safetensors}`."""
     from safetensors.torch import load_file
 
     cfg = _read_json(folder / "cfg.json")
     t = load_file(str(folder / "sae_weights.safetensors"), device="cpu")
+    missing = {"W_enc", "b_enc", "W_dec", "b_dec"} - set(t)
+    if missing:
+        raise UserError(
+            f"--sparse_model: {folder / 'sae_weights.safetensors'} lacks "
+            f"{', '.join(sorted(missing))}"
+        )
     d_in, num_latents = t["W_enc"].shape
-    arch = str(cfg.get("architecture", "standard")).lower()
+    d_out = t["W_dec"].shape[1]
+    arch = str(cfg.get("architecture", "standard")).lower().replace("jump_relu", "jumprelu")
     fn = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) or "relu").lower()
     fn_kwargs = cfg.get("activation_fn_kwargs") or {}
-    if "jumprelu" in arch:
-        activation = "jumprelu"
-    elif "topk" in arch or fn == "topk":
-        activation = "topk"
-    elif arch in ("standard", "relu", "transcoder") and fn == "relu":
-        activation = "relu"
-    else:
+    activation = _saelens_activation(arch, fn)
+    transcoder = "transcoder" in arch or d_out != d_in or bool(cfg.get("transcode", False))
+    # SAELens defaults apply_b_dec_to_input to True; its transcoders refuse it (b_dec is d_out).
+    center = cfg.get("apply_b_dec_to_input")
+    if transcoder and center:
         raise UserError(
-            f"--sparse_model: SAELens architecture {arch!r} with activation {fn!r} "
-            "is not supported (supported: standard/relu, jumprelu, topk)"
+            f"--sparse_model: {folder / 'cfg.json'} is a transcoder with apply_b_dec_to_input="
+            "true, which SAELens does not support"
         )
-    norm = cfg.get("normalize_activations")
-    if norm not in (None, "none"):
-        raise UserError(f"--sparse_model: SAELens normalize_activations={norm!r} is not supported")
+    center = False if transcoder else (True if center is None else bool(center))
+    norm = _saelens_input_norm(cfg)
+
     tensors = {"W_enc": t["W_enc"].T, "b_enc": t["b_enc"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    tensors = {key: value.float() for key, value in tensors.items()}  # fold in full precision
     if activation == "jumprelu":
         if "threshold" in t:
             tensors["threshold"] = t["threshold"]
         elif "log_threshold" in t:
-            tensors["threshold"] = t["log_threshold"].exp()
+            tensors["threshold"] = t["log_threshold"].float().exp()
         else:
             raise UserError(f"--sparse_model: jumprelu model in {folder} has no threshold tensor")
-    d_out = t["W_dec"].shape[1]
+    skip = "skip" in arch or "W_skip" in t
+    if skip:
+        if "W_skip" not in t:
+            raise UserError(f"--sparse_model: skip transcoder in {folder} has no W_skip tensor")
+        tensors["W_skip"] = t["W_skip"]
+    if norm == "expected_average_only_in":
+        if transcoder:
+            raise UserError(
+                f"--sparse_model: {folder / 'cfg.json'}: normalize_activations="
+                "'expected_average_only_in' is not supported for transcoders"
+            )
+        fold_input_scaling(tensors, _saelens_scaling_factor(folder, cfg))
+        norm = "none"
+    if activation == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+        fold_decoder_norm(tensors)
     coder = SparseCoder(
         d_in,
         num_latents,
         d_out=d_out,
         activation=activation,
         k=cfg.get("k") or fn_kwargs.get("k"),
-        transcoder="transcoder" in arch or d_out != d_in or bool(cfg.get("transcode", False)),
-        center_input=bool(cfg.get("apply_b_dec_to_input", False)),
+        transcoder=transcoder,
+        center_input=center,
+        input_norm=norm,
+        skip_connection=skip,
+        input_site=_saelens_site(cfg) if transcoder else "",
         device=device,
         dtype=dtype,
     )
     return _fill(coder, tensors)
 
 
+def _names_transcoder(folder: Path) -> bool:
+    """Gemma Scope marks transcoders only in the repo and folder names
+    (google/gemma-scope-2b-pt-transcoders/layer_N/...); a hub snapshot keeps the repo name."""
+    return "transcoder" in str(folder.resolve()).lower()
+
+
 def load_gemma_scope(
     folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> SparseCoder:
-    """A Gemma Scope JumpReLU SAE from `folder/params.npz`."""
+    """A Gemma Scope JumpReLU SAE or transcoder from `folder/params.npz`."""
     import numpy as np
 
     with np.load(folder / "params.npz") as npz:
@@ -264,11 +433,16 @@ def load_gemma_scope(
             f"--sparse_model: {folder / 'params.npz'} lacks {', '.join(sorted(missing))}"
         )
     d_in, num_latents = t["W_enc"].shape
+    d_out = t["W_dec"].shape[1]
+    transcoder = d_out != d_in or _names_transcoder(folder)
     coder = SparseCoder(
         d_in,
         num_latents,
-        d_out=t["W_dec"].shape[1],
+        d_out=d_out,
         activation="jumprelu",
+        # Gemma Scope transcoders read the MLP input (after the pre-MLP RMSNorm).
+        transcoder=transcoder,
+        input_site="mlp_input" if transcoder else "",
         device=device,
         dtype=dtype,
     )
@@ -282,6 +456,17 @@ def load_gemma_scope(
             "threshold": t["threshold"],
         },
     )
+
+
+def check_input_site(coder: SparseCoder, hookpoint: str) -> None:
+    """A transcoder trained on the MLP input needs the MLP module as its hookpoint: the input of
+    a whole decoder layer is the residual stream before attention, not the MLP input."""
+    last = hookpoint.rsplit(".", 1)[-1]
+    if coder.input_site == "mlp_input" and last.isdigit():
+        raise UserError(
+            f"--hookpoints: the sparse model for {hookpoint!r} is a transcoder that reads the "
+            f"MLP input; give the MLP module instead, e.g. {hookpoint + '.mlp'!r}"
+        )
 
 
 _LOADERS = (
@@ -331,8 +516,10 @@ def load_sparse_models(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     token: str | None = None,
+    random_seed: int | None = None,
 ) -> dict[str, SparseCoder]:
-    """One SparseCoder per hookpoint from a local folder or a hub repo."""
+    """One SparseCoder per hookpoint from a local folder or a hub repo. With `random_seed`, each
+    gets random weights of the same architecture and shapes (see `randomize_weights`)."""
     if not hookpoints:
         raise UserError("--hookpoints: give at least one hookpoint")
     root = Path(path).expanduser()
@@ -356,6 +543,9 @@ def load_sparse_models(
                 f"--hookpoints: no sparse model for {hp!r} in {path}; available: {listed}"
             )
         coders[hp] = loader(folder, device=device, dtype=dtype)
+        check_input_site(coders[hp], hp)
+        if random_seed is not None:
+            randomize_weights(coders[hp], random_seed, stream=hp)
     return coders
 
 
@@ -366,3 +556,45 @@ def check_dimensions(coder: SparseCoder, hidden_size: int, hookpoint: str) -> No
             f"--sparse_model: the sparse model for {hookpoint!r} takes inputs of size "
             f"{coder.d_in}, but the subject model's hidden size there is {hidden_size}"
         )
+
+
+# ------------------------------------------------------------------------ random-weights control
+RANDOM_CHUNK_ELEMENTS = 1 << 24  # rows are drawn in blocks of about 64 MB of float32
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A seed for one named stream (a hookpoint), so hookpoints get different weights and adding
+    one does not change the others."""
+    return (int(seed) * 1_000_003 + zlib.crc32(stream.encode("utf-8"))) % (1 << 63)
+
+
+def _random_rows_like(param: torch.Tensor, generator: torch.Generator) -> None:
+    """Replace each row of `param` by a uniformly random direction with the row's own norm.
+
+    Drawn on the CPU in float32, so the weights for a seed are the same on every device."""
+    rows, cols = param.shape
+    step = max(1, RANDOM_CHUNK_ELEMENTS // max(cols, 1))
+    for start in range(0, rows, step):
+        block = param[start : start + step]
+        norms = block.float().norm(dim=1).cpu()
+        draw = torch.randn(block.shape[0], cols, generator=generator)
+        draw *= (norms / draw.norm(dim=1).clamp_min(1e-12))[:, None]
+        block.copy_(draw.to(device=block.device, dtype=block.dtype))
+
+
+def randomize_weights(coder: SparseCoder, seed: int, *, stream: str = "") -> SparseCoder:
+    """Turn a loaded model into the random-weights control of the same architecture and shapes
+    (in place; returns it).
+
+    Every encoder row, decoder row and skip-connection row becomes a uniformly random direction
+    of the same norm as before; biases, thresholds, b_dec, k and the input normalisation are
+    kept. Keeping the norms and the operating point keeps the activations on the real model's
+    scale: a TopK model still fires k latents on every token, and ReLU/JumpReLU latents face
+    the same biases and thresholds. Deterministic for (seed, stream)."""
+    generator = torch.Generator().manual_seed(stream_seed(seed, stream))
+    with torch.no_grad():
+        _random_rows_like(coder.W_enc, generator)
+        _random_rows_like(coder.W_dec, generator)
+        if coder.W_skip is not None:
+            _random_rows_like(coder.W_skip, generator)
+    return coder

@@ -233,3 +233,244 @@ def test_dtype_and_device_are_applied(tiny_sae_dir: Path) -> None:
 def test_topk_constructor_validates_k() -> None:
     with pytest.raises(ValueError, match="k"):
         SparseCoder(4, 8, activation="topk", k=None)
+
+
+# ------------------------------------------------------------------ SAELens, against its formulas
+# SAELens (sae_lens/saes/sae.py, topk_sae.py, transcoder.py; 6.x) documents and computes:
+#   sae_in  = norm_in(x) - b_dec * apply_b_dec_to_input        (apply_b_dec_to_input defaults True)
+#   hidden  = sae_in @ W_enc + b_enc
+#   TopK:     hidden * ||W_dec[i]|| when rescale_acts_by_decoder_norm, then top-k, then relu
+#   norm_in:  constant_norm_rescale -> x * sqrt(d_in) / ||x||
+#             layer_norm            -> (x - mean) / (std + 1e-5)   (torch's std, over d_in)
+#             expected_average_only_in -> folded: W_enc * s, b_dec / s, W_dec / s, i.e. the SAE
+#                                         encodes s * x for the stored scaling factor s
+#   transcoders never subtract b_dec (it has d_out entries).
+def saelens_cfg(folder: Path) -> dict:
+    return json.loads((folder / "cfg.json").read_text())
+
+
+def edit_cfg(folder: Path, **changes) -> None:
+    cfg = saelens_cfg(folder)
+    for key, value in changes.items():
+        if value is ...:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+
+
+def load_one(folder: Path, hookpoint: str = "layers.3") -> SparseCoder:
+    return load_sparse_models(str(folder.parent), [hookpoint])[hookpoint]
+
+
+def ref_saelens_topk(x, w, k, *, center=True, rescale=False):
+    pre = (x - w["b_dec"] if center else x) @ w["W_enc"].T + w["b_enc"]
+    if rescale:
+        pre = pre * w["W_dec"].norm(dim=1)
+    values, idx = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter_(-1, idx, values.relu())
+
+
+def test_saelens_apply_b_dec_defaults_to_true_when_missing(tmp_path: Path) -> None:
+    w = random_weights()
+    folder = tmp_path / "layers.3"
+    write_saelens(folder, w, "standard")
+    edit_cfg(folder, apply_b_dec_to_input=...)
+    coder = load_one(folder)
+    assert coder.center_input
+    torch.testing.assert_close(coder.encode(inputs()), ref_relu(inputs(), w, center=True))
+    assert not torch.allclose(coder.encode(inputs()), ref_relu(inputs(), w, center=False))
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_saelens_topk_rescale_acts_by_decoder_norm(tmp_path: Path, rescale: bool) -> None:
+    w = random_weights(2)
+    w["W_dec"] = w["W_dec"] * torch.linspace(0.2, 3.0, L)[:, None]  # unequal decoder norms
+    folder = tmp_path / "layers.3"
+    write_saelens(folder, w, "topk", k=6)
+    edit_cfg(folder, rescale_acts_by_decoder_norm=rescale)
+    coder = load_one(folder)
+    x = inputs()
+    expected = ref_saelens_topk(x, w, 6, rescale=rescale)
+    torch.testing.assert_close(coder.encode(x), expected, rtol=1e-5, atol=1e-5)
+    other = ref_saelens_topk(x, w, 6, rescale=not rescale)
+    assert not torch.allclose(coder.encode(x), other, atol=1e-3)
+    # Decoding gives SAELens's reconstruction: (acts / ||W_dec||) @ W_dec + b_dec when rescaled.
+    scale = w["W_dec"].norm(dim=1) if rescale else torch.ones(L)
+    torch.testing.assert_close(
+        coder.decode(coder.encode(x)), (expected / scale) @ w["W_dec"] + w["b_dec"]
+    )
+
+
+def test_saelens_constant_norm_rescale(tmp_path: Path) -> None:
+    w = random_weights(4)
+    folder = tmp_path / "layers.3"
+    write_saelens(folder, w, "standard")
+    edit_cfg(folder, normalize_activations="constant_norm_rescale")
+    x = inputs() * 7.0
+    normed = x * D**0.5 / x.norm(dim=-1, keepdim=True)
+    coder = load_one(folder)
+    torch.testing.assert_close(coder.encode(x), ref_relu(normed, w, center=True))
+    # forward undoes the rescaling on the way out
+    expected_out = (ref_relu(normed, w, center=True) @ w["W_dec"] + w["b_dec"]) / (
+        D**0.5 / x.norm(dim=-1, keepdim=True)
+    )
+    torch.testing.assert_close(coder(x), expected_out)
+
+
+def test_saelens_layer_norm(tmp_path: Path) -> None:
+    w = random_weights(5)
+    folder = tmp_path / "layers.3"
+    write_saelens(folder, w, "standard", apply_b_dec=False)
+    edit_cfg(folder, normalize_activations="layer_norm")
+    x = inputs() * 3.0 + 2.0
+    centred = x - x.mean(dim=-1, keepdim=True)
+    normed = centred / (centred.std(dim=-1, keepdim=True) + 1e-5)
+    torch.testing.assert_close(load_one(folder).encode(x), ref_relu(normed, w, center=False))
+
+
+@pytest.mark.parametrize("where", ["scaler_file", "cfg_key", "legacy_bool"])
+def test_saelens_expected_average_only_in_uses_stored_factor(tmp_path: Path, where: str) -> None:
+    w = random_weights(6)
+    folder = tmp_path / "layers.3"
+    write_saelens(folder, w, "standard")
+    factor = 0.37
+    if where == "scaler_file":
+        edit_cfg(folder, normalize_activations="expected_average_only_in")
+        (folder / "activation_scaler.json").write_text(json.dumps({"scaling_factor": factor}))
+    elif where == "cfg_key":
+        edit_cfg(folder, normalize_activations="expected_average_only_in")
+        edit_cfg(folder, norm_scaling_factor=factor)
+    else:  # pre-6.0 SAELens wrote a bool
+        edit_cfg(folder, normalize_activations=True, norm_scaling_factor=factor)
+    coder = load_one(folder)
+    x = inputs()
+    torch.testing.assert_close(coder.encode(x), ref_relu(factor * x, w, center=True))
+    # and the reconstruction comes back in the input's own scale
+    torch.testing.assert_close(
+        coder.decode(coder.encode(x)),
+        (ref_relu(factor * x, w, center=True) @ w["W_dec"] + w["b_dec"]) / factor,
+    )
+
+
+def test_saelens_expected_average_without_factor_is_a_user_error(tmp_path: Path) -> None:
+    folder = tmp_path / "layers.3"
+    write_saelens(folder, random_weights(), "standard")
+    edit_cfg(folder, normalize_activations="expected_average_only_in")
+    with pytest.raises(UserError, match=r"--sparse_model: .*scaling factor"):
+        load_one(folder)
+
+
+def test_saelens_unknown_normalisation_is_a_user_error(tmp_path: Path) -> None:
+    folder = tmp_path / "layers.3"
+    write_saelens(folder, random_weights(), "standard")
+    edit_cfg(folder, normalize_activations="covariance_whitening")
+    with pytest.raises(UserError, match=r"--sparse_model: .*normalize_activations"):
+        load_one(folder)
+
+
+def write_saelens_transcoder(folder: Path, w, architecture: str, skip=None, hook=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    t = {"W_enc": w["W_enc"].T, "b_enc": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
+    if "jumprelu" in architecture:
+        t["threshold"] = w["threshold"]
+    if skip is not None:
+        t["W_skip"] = skip
+    save_file(
+        {key: v.contiguous() for key, v in t.items()}, str(folder / "sae_weights.safetensors")
+    )
+    cfg = {
+        "architecture": architecture,
+        "d_in": D,
+        "d_sae": L,
+        "d_out": w["W_dec"].shape[1],
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "metadata": {"hook_name": hook or "blocks.3.ln2.hook_normalized"},
+    }
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(
+    "architecture",
+    ["transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder"],
+)
+def test_saelens_transcoders(tmp_path: Path, architecture: str) -> None:
+    w = random_weights(7)  # d_out == d_in: only the architecture says it is a transcoder
+    skip = torch.randn(D, D) * 0.1 if "skip" in architecture else None
+    folder = tmp_path / "layers.3.mlp"
+    write_saelens_transcoder(folder, w, architecture, skip)
+    coder = load_one(folder, "layers.3.mlp")
+    assert coder.transcoder and not coder.center_input
+    assert coder.input_site == "mlp_input"
+    x = inputs()
+    ref = ref_jumprelu(x, w) if "jumprelu" in architecture else ref_relu(x, w, center=False)
+    torch.testing.assert_close(coder.encode(x), ref)
+    out = ref @ w["W_dec"] + w["b_dec"] + (x @ skip.T if skip is not None else 0)
+    torch.testing.assert_close(coder(x), out)
+
+
+def test_saelens_transcoder_with_centring_is_a_user_error(tmp_path: Path) -> None:
+    folder = tmp_path / "layers.3.mlp"
+    write_saelens_transcoder(folder, random_weights(), "transcoder")
+    edit_cfg(folder, apply_b_dec_to_input=True)
+    with pytest.raises(UserError, match="apply_b_dec_to_input"):
+        load_one(folder, "layers.3.mlp")
+
+
+def test_saelens_unsupported_architecture_is_a_user_error(tmp_path: Path) -> None:
+    folder = tmp_path / "layers.3"
+    write_saelens(folder, random_weights(), "standard")
+    edit_cfg(folder, architecture="gated")
+    with pytest.raises(UserError, match=r"--sparse_model: SAELens architecture 'gated'"):
+        load_one(folder)
+
+
+# ------------------------------------------------------------------------ Gemma Scope transcoders
+def test_gemma_scope_transcoder_reads_the_mlp_input(tmp_path: Path) -> None:
+    w = random_weights(8)
+    folder = tmp_path / "gemma-scope-2b-pt-transcoders" / "layer_3" / "width_16k" / "average_l0_9"
+    write_gemma_scope(folder, w)
+    coder = load_sparse_models(str(folder), ["layers.3.mlp"])["layers.3.mlp"]
+    assert coder.transcoder and coder.input_site == "mlp_input"
+    torch.testing.assert_close(coder.encode(inputs()), ref_jumprelu(inputs(), w))
+    # A whole decoder layer's input is the residual stream, not the MLP input.
+    with pytest.raises(
+        UserError, match=r"--hookpoints: .*'layers\.3'.*MLP input.*'layers\.3\.mlp'"
+    ):
+        load_sparse_models(str(folder), ["layers.3"])
+
+
+def test_gemma_scope_sae_is_not_a_transcoder(tmp_path: Path) -> None:
+    folder = tmp_path / "gemma-scope-2b-pt-res" / "layer_3" / "width_16k" / "average_l0_9"
+    write_gemma_scope(folder, random_weights())
+    coder = load_sparse_models(str(folder), ["layers.3"])["layers.3"]
+    assert not coder.transcoder and coder.input_site == ""
+
+
+# --------------------------------------------------------------------- sparsify skip connections
+@pytest.mark.parametrize("transcode", [True, False])
+def test_sparsify_skip_connection_is_a_transcoder(tmp_path: Path, transcode: bool) -> None:
+    w = random_weights(9)
+    folder = tmp_path / "layers.3.mlp"
+    write_sparsify(folder, w, "topk", transcode=transcode)
+    skip = torch.randn(D, D) * 0.1
+    t = {
+        "encoder.weight": w["W_enc"],
+        "encoder.bias": w["b_enc"],
+        "W_dec": w["W_dec"],
+        "b_dec": w["b_dec"],
+        "W_skip": skip,
+    }
+    save_file({key: v.contiguous() for key, v in t.items()}, str(folder / "sae.safetensors"))
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["skip_connection"] = True
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    coder = load_one(folder, "layers.3.mlp")
+    assert coder.transcoder
+    # sparsify centres on b_dec exactly when it does not transcode
+    assert coder.center_input == (not transcode)
+    x = inputs()
+    acts = ref_topk(x, w, 6, center=not transcode)
+    torch.testing.assert_close(coder.encode(x), acts, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(coder(x), acts @ w["W_dec"] + w["b_dec"] + x @ skip.T)
