@@ -474,3 +474,129 @@ def test_sparsify_skip_connection_is_a_transcoder(tmp_path: Path, transcode: boo
     acts = ref_topk(x, w, 6, center=not transcode)
     torch.testing.assert_close(coder.encode(x), acts, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(coder(x), acts @ w["W_dec"] + w["b_dec"] + x @ skip.T)
+
+
+# ------------------------------------------------------------ against the sae-lens package itself
+def _saelens_case(sl, name: str):
+    """(SAE class, config) of one SAELens inference architecture, d_in=D, d_sae=L."""
+    cases = {
+        "standard": (sl.StandardSAE, sl.StandardSAEConfig, {}),
+        "standard-nocenter": (
+            sl.StandardSAE,
+            sl.StandardSAEConfig,
+            {"apply_b_dec_to_input": False},
+        ),
+        "topk": (sl.TopKSAE, sl.TopKSAEConfig, {"k": 6}),
+        "topk-rescaled": (
+            sl.TopKSAE,
+            sl.TopKSAEConfig,
+            {"k": 6, "rescale_acts_by_decoder_norm": True},
+        ),
+        "jumprelu": (sl.JumpReLUSAE, sl.JumpReLUSAEConfig, {}),
+        "constant-norm": (
+            sl.StandardSAE,
+            sl.StandardSAEConfig,
+            {"normalize_activations": "constant_norm_rescale"},
+        ),
+        "layer-norm": (
+            sl.StandardSAE,
+            sl.StandardSAEConfig,
+            {"normalize_activations": "layer_norm"},
+        ),
+        "transcoder": (
+            sl.Transcoder,
+            sl.TranscoderConfig,
+            {"d_out": 24, "apply_b_dec_to_input": False},
+        ),
+        "skip-transcoder": (
+            sl.SkipTranscoder,
+            sl.SkipTranscoderConfig,
+            {"d_out": D, "apply_b_dec_to_input": False},
+        ),
+        "jumprelu-transcoder": (
+            sl.JumpReLUTranscoder,
+            sl.JumpReLUTranscoderConfig,
+            {"d_out": D, "apply_b_dec_to_input": False},
+        ),
+    }
+    cls, cfg_cls, extra = cases[name]
+    return cls, cfg_cls(d_in=D, d_sae=L, **extra)
+
+
+def _randomise_saelens(sae, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sae.named_parameters():
+            scale = 0.3 if name == "threshold" else 1.0 / param.shape[0] ** 0.5
+            value = torch.randn(param.shape, generator=g) * scale
+            param.copy_(value.abs() if name == "threshold" else value)
+        # unequal decoder norms, so that decoder-norm rescaling changes the top-k
+        sae.W_dec.mul_(torch.linspace(0.2, 3.0, L)[:, None])
+
+
+SAELENS_CASES = [
+    "standard",
+    "standard-nocenter",
+    "topk",
+    "topk-rescaled",
+    "jumprelu",
+    "constant-norm",
+    "layer-norm",
+    "transcoder",
+    "skip-transcoder",
+    "jumprelu-transcoder",
+]
+
+
+@pytest.mark.parametrize("case", SAELENS_CASES)
+def test_encoding_matches_the_saelens_package(tmp_path: Path, case: str) -> None:
+    sl = pytest.importorskip("sae_lens")
+    cls, cfg = _saelens_case(sl, case)
+    sae = cls(cfg)
+    _randomise_saelens(sae, seed=len(case))
+    folder = tmp_path / "layers.3"
+    sae.save_model(folder)
+    x = inputs(128, seed=11) * 4.0 + 1.0
+    with torch.no_grad():
+        expected = sae.encode(x)
+        expected_out = sae(x)
+    coder = load_one(folder)
+    torch.testing.assert_close(coder.encode(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(coder(x), expected_out, rtol=1e-4, atol=1e-4)
+    assert (expected > 0).any()
+    assert coder.transcoder == ("transcoder" in case)
+
+
+def test_missing_apply_b_dec_matches_the_saelens_package(tmp_path: Path) -> None:
+    sl = pytest.importorskip("sae_lens")
+    cls, cfg = _saelens_case(sl, "standard-nocenter")
+    sae = cls(cfg)
+    _randomise_saelens(sae, seed=3)
+    folder = tmp_path / "layers.3"
+    sae.save_model(folder)
+    edit_cfg(folder, apply_b_dec_to_input=...)
+    reloaded = sl.SAE.load_from_disk(folder)  # SAELens's own default for the missing key
+    assert reloaded.cfg.apply_b_dec_to_input is True
+    x = inputs(64, seed=12)
+    with torch.no_grad():
+        expected = reloaded.encode(x)
+    torch.testing.assert_close(load_one(folder).encode(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_expected_average_scaling_matches_the_saelens_package(tmp_path: Path) -> None:
+    sl = pytest.importorskip("sae_lens")
+    cls, cfg = _saelens_case(sl, "standard")
+    cfg.normalize_activations = "expected_average_only_in"
+    sae = cls(cfg)
+    _randomise_saelens(sae, seed=4)
+    folder = tmp_path / "layers.3"
+    sae.save_model(folder)
+    factor = 0.61
+    (folder / "activation_scaler.json").write_text(json.dumps({"scaling_factor": factor}))
+    sae.fold_activation_norm_scaling_factor(factor)  # what SAELens does with a known factor
+    x = inputs(64, seed=13) * 5.0
+    with torch.no_grad():
+        expected, expected_out = sae.encode(x), sae(x)
+    coder = load_one(folder)
+    torch.testing.assert_close(coder.encode(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(coder(x), expected_out, rtol=1e-4, atol=1e-4)
