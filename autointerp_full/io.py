@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("autointerp_full")
+
+# The temporary name atomic_write gives a file: "." + name + "." + mkstemp's 8 characters + ".tmp".
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -27,6 +34,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether a file name is one that atomic_write uses while writing."""
+    return bool(_TEMP_NAME.match(name))
+
+
+def sweep_temp(root: str | os.PathLike) -> int:
+    """Remove the temporary files that killed atomic writes left anywhere under `root`.
+
+    Only call it when no write is under way there (at the start of a run). Returns how many
+    were removed, and logs each one.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for path in sorted(root.rglob(".*.tmp")):
+        if is_temp_file(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted write", path)
+            removed += 1
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -34,7 +34,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from autointerp_full import models, sparse  # noqa: E402
-from autointerp_full.cache import CacheReader, writer  # noqa: E402
+from autointerp_full.cache import CacheReader, spill, writer  # noqa: E402
+from autointerp_full.cache import forward as cache_forward  # noqa: E402
+from autointerp_full.cache.format import FORMAT_VERSION  # noqa: E402
 from autointerp_full.data import tokenize_rows  # noqa: E402
 
 ENWIKI = REPO.parent / "shared" / "data" / "enwiki-2015"
@@ -162,17 +164,15 @@ class Probe:
 def time_writer(model, coder, hookpoint, tokens, batch_size, n_splits, out_dir: Path, probe=None):
     """Seconds for the model pass (with chunk writes, less any probes) and for the shard merge."""
     folder = out_dir / hookpoint
-    state = writer.HookpointCache(
+    state = spill.HookpointCache(
         hookpoint, folder, {"hookpoint": hookpoint}, coder, coder.num_latents, n_splits
     )
-    state.partial.mkdir(parents=True, exist_ok=True)
-    tokens_file = state.partial / writer.TOKENS_FILE
-    writer._save_tokens(tokens_file, tokens)
+    spill.start_fresh(state, tokens, "")
     n_seqs, ctx_len = tokens.shape
     if next(model.parameters()).is_cuda:
         torch.cuda.synchronize()
     forward = probe.forward if probe else models.forward_to_hooks
-    model_s = writer.run_model(model, [state], tokens, batch_size, None, forward)
+    model_s = cache_forward.run_model(model, [state], tokens, batch_size, None, forward)
     if probe:
         model_s -= probe.seconds
     began = time.perf_counter()
@@ -181,8 +181,9 @@ def time_writer(model, coder, hookpoint, tokens, batch_size, n_splits, out_dir: 
         "num_latents": coder.num_latents,
         "n_seqs": n_seqs,
         "ctx_len": ctx_len,
+        "format": FORMAT_VERSION,
     }
-    writer.finish(state, tokens_file, config, n_seqs, ctx_len)
+    writer.finish(state, config, n_seqs, ctx_len)
     merge_s = time.perf_counter() - began
     return model_s, merge_s, CacheReader(folder)
 

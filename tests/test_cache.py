@@ -16,7 +16,18 @@ import torch
 from conftest import make_corpus_texts, write_sparsify_sae
 
 from autointerp_full import models
-from autointerp_full.cache import CacheReader, build_cache, cache_is_complete, writer
+from autointerp_full.cache import (
+    CacheReader,
+    build_cache,
+    cache_is_complete,
+    forward,
+    merge,
+    spill,
+    verify_cache,
+    writer,
+)
+from autointerp_full.cache.format import FORMAT_VERSION, staging_folder
+from autointerp_full.cache.runs import sort_batch
 from autointerp_full.config import RunConfig
 from autointerp_full.errors import UserError
 
@@ -119,7 +130,7 @@ def test_cache_equals_dense_reference(tiny_model_dir, tiny_corpus, saes, hf_mode
     cfg = make_cfg(tiny_model_dir, saes[kind], tiny_corpus)
     folders = build_cache(cfg, tmp_path / "latents")
     assert set(folders) == {HOOK} and cache_is_complete(folders[HOOK])
-    assert not (folders[HOOK] / ".partial").exists()
+    assert not (tmp_path / "latents" / ".staging").exists()
     reader = CacheReader(folders[HOOK])
     tokens = reader.tokens()
     assert tokens.dtype == torch.int32 and tokens.shape == (N_TOKENS // CTX, CTX)
@@ -136,10 +147,10 @@ def test_cpu_micro_batches_equal_dense_reference(
 ):
     # About 3 rows per forward call: batches of 8 run as 3 + 3 + 2 and are stitched together.
     threads = torch.get_num_threads()
-    monkeypatch.setattr(writer, "CPU_TOKENS_PER_THREAD", -(-3 * CTX // threads))
+    monkeypatch.setattr(forward, "CPU_TOKENS_PER_THREAD", -(-3 * CTX // threads))
     calls = count_forward_calls(monkeypatch)
     cfg = make_cfg(tiny_model_dir, saes["topk"], tiny_corpus)
-    step = writer.forward_rows(torch.device("cpu"), cfg.batch_size, CTX)
+    step = forward.forward_rows(torch.device("cpu"), cfg.batch_size, CTX)
     assert 1 < step < cfg.batch_size
     reader = CacheReader(build_cache(cfg, tmp_path / "latents")[HOOK])
     assert calls["n"] == -(-cfg.batch_size // step) * N_TOKENS // CTX // cfg.batch_size
@@ -294,12 +305,14 @@ def test_resume_after_interrupt_matches_uninterrupted(
     cfg = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus)
     whole = build_cache(cfg, tmp_path / "whole")[HOOK]
 
-    monkeypatch.setattr(writer, "CHUNK_RUNS", 2)  # a chunk every two batches
+    monkeypatch.setattr(spill, "CHUNK_RUNS", 2)  # a chunk every two batches
     calls = count_forward_calls(monkeypatch, fail_after=5)
     with pytest.raises(KeyboardInterrupt):
         build_cache(cfg, tmp_path / "resumed")
     folder = tmp_path / "resumed" / HOOK
-    manifest = json.loads((folder / ".partial" / "manifest.json").read_text())
+    manifest = json.loads(
+        (staging_folder(tmp_path / "resumed", HOOK) / "manifest.json").read_text()
+    )
     assert manifest["rows_done"] == 4 * cfg.batch_size and not cache_is_complete(folder)
 
     monkeypatch.undo()
@@ -314,7 +327,7 @@ def test_partial_with_another_key_is_discarded(
     tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path, monkeypatch, caplog
 ):
     cfg = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus)
-    monkeypatch.setattr(writer, "CHUNK_RUNS", 1)
+    monkeypatch.setattr(spill, "CHUNK_RUNS", 1)
     count_forward_calls(monkeypatch, fail_after=3)
     with pytest.raises(KeyboardInterrupt):
         build_cache(cfg, tmp_path)
@@ -330,10 +343,10 @@ def test_partial_with_another_key_is_discarded(
 KILL_SCRIPT = """
 import sys, time
 from autointerp_full import models
-from autointerp_full.cache import build_cache, writer
+from autointerp_full.cache import build_cache, spill
 from autointerp_full.config import RunConfig
 
-writer.CHUNK_RUNS = 1
+spill.CHUNK_RUNS = 1
 real = models.forward_to_hooks
 def slow(*args, **kwargs):
     time.sleep(0.3)
@@ -353,7 +366,7 @@ def test_kill_9_then_rerun_matches_uninterrupted(
     script.write_text(KILL_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     latents = tmp_path / "killed"
-    manifest = latents / HOOK / ".partial" / "manifest.json"
+    manifest = staging_folder(latents, HOOK) / "manifest.json"
     proc = subprocess.Popen(
         [sys.executable, str(script), json.dumps(cfg.public_dict()), str(latents)],
         env=env,
@@ -384,11 +397,11 @@ def test_kill_9_then_rerun_matches_uninterrupted(
 # ------------------------------------------------------------------------------ memory
 MEMORY_SCRIPT = """
 import resource, sys
-from autointerp_full.cache import build_cache, writer
+from autointerp_full.cache import build_cache, merge, spill
 from autointerp_full.config import RunConfig
 # Small buffers, so that even the small build goes through many chunks and merge blocks.
-writer.CHUNK_ENTRIES = 50_000
-writer.MERGE_ENTRIES = 50_000
+spill.CHUNK_ENTRIES = 50_000
+merge.MERGE_ENTRIES = 50_000
 cfg = RunConfig(**__import__("json").loads(sys.argv[1]))
 build_cache(cfg, sys.argv[2])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -448,16 +461,14 @@ def test_memory_stays_bounded(tiny_model_dir, tmp_path):
 
 def test_parallel_shard_merge_of_many_chunks(tmp_path, monkeypatch):
     # Small merge blocks force both paths: blocks of latents, and one heavy latent copied in
-    # pieces. Every shard is merged on its own thread.
-    monkeypatch.setattr(writer, "MERGE_ENTRIES", 90)
+    # pieces. Every shard is merged on its own thread. No model: the tensor code alone.
+    monkeypatch.setattr(merge, "MERGE_ENTRIES", 90)
     n_seqs, ctx_len, num_latents, batch = 24, 8, 30, 4
     gen = torch.Generator().manual_seed(0)
-    state = writer.HookpointCache("h", tmp_path / "h", {"k": 1}, None, num_latents, 3)
-    state.partial.mkdir(parents=True)
-    tokens_file = state.partial / writer.TOKENS_FILE
-    writer._save_tokens(tokens_file, torch.zeros(n_seqs, ctx_len, dtype=torch.int32))
+    state = spill.HookpointCache("h", tmp_path / "h", {"k": 1}, None, num_latents, 3)
+    spill.start_fresh(state, torch.zeros(n_seqs, ctx_len, dtype=torch.int32), "")
     dense = torch.zeros(n_seqs * ctx_len, num_latents)
-    saver = writer.Saver()
+    saver = spill.Saver()
     for row in range(0, n_seqs, batch):
         n_pos = batch * ctx_len
         rows = torch.arange(n_pos).repeat_interleave(3)
@@ -466,13 +477,20 @@ def test_parallel_shard_merge_of_many_chunks(tmp_path, monkeypatch):
         values = torch.rand(3 * n_pos, generator=gen) + 0.5
         dense[rows + row * ctx_len, latents] = values.half().float()
         keep = dense[rows + row * ctx_len, latents] == values.half().float()  # drop repeats
-        state.add(writer.sort_batch(rows[keep], latents[keep], values[keep], n_pos, row, ctx_len))
+        state.add(sort_batch(rows[keep], latents[keep], values[keep], n_pos, row, ctx_len))
         if row % (2 * batch) == batch:
             state.flush(row + batch, n_seqs, ctx_len, saver)
     saver.close()
     assert state.chunks == n_seqs // (2 * batch)
-    config = {"hookpoint": "h", "num_latents": num_latents, "n_seqs": n_seqs, "ctx_len": ctx_len}
-    writer.finish(state, tokens_file, config, n_seqs, ctx_len)
+    config = {
+        "hookpoint": "h",
+        "num_latents": num_latents,
+        "n_seqs": n_seqs,
+        "ctx_len": ctx_len,
+        "format": FORMAT_VERSION,
+    }
+    writer.finish(state, config, n_seqs, ctx_len)
+    verify_cache(state.folder)
     reader = CacheReader(state.folder)
     for latent in range(num_latents):
         locations, values = reader.latent(latent)
@@ -480,7 +498,9 @@ def test_parallel_shard_merge_of_many_chunks(tmp_path, monkeypatch):
         expected = dense[:, latent].nonzero().squeeze(1)
         assert torch.equal(flat, expected), latent
         assert torch.equal(values.float(), dense[expected, latent]), latent
-    assert not state.partial.exists()
+    left = sorted(p.name for p in state.folder.iterdir())
+    assert left == ["config.json", "shard_0.safetensors", "shard_1.safetensors",
+                    "shard_2.safetensors", "tokens.safetensors"]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ reader

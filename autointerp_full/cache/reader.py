@@ -1,7 +1,9 @@
 """Read a finished activation cache one latent at a time.
 
 Each latent's entries are one contiguous slice of one shard, located through that shard's
-offsets; `safe_open(...).get_slice` memory-maps the file, so only that slice is read.
+offsets; `safe_open(...).get_slice` memory-maps the file, so only that slice is read. Each file
+is checked against config.json (header and size) before its first use, so a damaged one is a
+one-line error, never a traceback or wrong data.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..io import read_json
+from .format import CONFIG_FILE, TOKENS_FILE, check_shard_file, check_tokens_file, read_cache_config
 
 if TYPE_CHECKING:
     import torch
@@ -21,13 +23,13 @@ class CacheReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        config_path = self.path / "config.json"
+        config_path = self.path / CONFIG_FILE
         if not config_path.is_file():
             raise UserError(
-                f"incomplete activation cache at {self.path} (no config.json): rerun the cache "
-                "stage to finish it"
+                f"incomplete activation cache at {self.path} (no {CONFIG_FILE}): rerun the "
+                "cache stage to finish it"
             )
-        self.config: dict[str, Any] = read_json(config_path)
+        self.config: dict[str, Any] = read_cache_config(self.path)
         self.num_latents: int = int(self.config["num_latents"])
         self.hookpoint: str = str(self.config["hookpoint"])
         self.shards: list[dict[str, Any]] = list(self.config["shards"])
@@ -50,12 +52,9 @@ class CacheReader:
         if i not in self._handles:
             from safetensors import safe_open
 
-            path = self.path / self.shards[i]["file"]
-            if not path.is_file():
-                raise UserError(
-                    f"activation cache {self.path} lacks {path.name}: rebuild it "
-                    "with --overwrite cache"
-                )
+            shard = self.shards[i]
+            path = self.path / shard["file"]
+            check_shard_file(path, int(shard["start"]), int(shard["end"]), shard.get("n"))
             self._handles[i] = safe_open(str(path), framework="pt")
         return self._handles[i]
 
@@ -69,7 +68,9 @@ class CacheReader:
         """int32 [n_seqs, ctx_len]."""
         from safetensors.torch import load_file
 
-        return load_file(str(self.path / "tokens.safetensors"))["tokens"]
+        path = self.path / TOKENS_FILE
+        check_tokens_file(path, int(self.config["n_seqs"]), int(self.config["ctx_len"]))
+        return load_file(str(path))["tokens"]
 
     def latent(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(locations LongTensor [n, 2] of (row, position), activations FloatTensor [n])."""
