@@ -9,19 +9,19 @@ the same way); anything else is a local path and is read in place.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from autointerp_full.cache.format import CONFIG_FILE as CACHE_CONFIG
+from autointerp_full.cache.format import TOKENS_FILE, shard_ranges
 from autointerp_full.errors import MissingExtraError, UserError
 
 log = logging.getLogger(__name__)
 
 REMOTE_SCHEMES = ("s3://", "minio://")
-TOKENS_FILE = "tokens.safetensors"
-CACHE_CONFIG = "config.json"
+__all__ = ["fetch_cache", "needed_shards", "shard_ranges", "upload_folder"]
 
 
 def is_remote(uri: str) -> bool:
@@ -128,21 +128,6 @@ def _short(exc: Exception) -> str:
 # ------------------------------------------------------------------------ caches
 
 
-def shard_ranges(config: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """(file, start, end) of each shard listed by a cache's config.json."""
-    shards = config["shards"]
-    if isinstance(shards, list):
-        return [(s["file"], int(s["start"]), int(s["end"])) for s in shards]
-    # A bare shard count: ranges follow the writer's rule start = i * ceil(L / n).
-    total = int(config["num_latents"])
-    width = math.ceil(total / int(shards))
-    return [
-        (f"shard_{i}.safetensors", i * width, min(total, (i + 1) * width))
-        for i in range(int(shards))
-        if i * width < total
-    ]
-
-
 def needed_shards(config: dict[str, Any], latent_range: tuple[int, int] | None) -> list[str]:
     """The shard files holding any latent in [start, end); all of them when no range."""
     ranges = shard_ranges(config)
@@ -170,7 +155,10 @@ def fetch_cache(
     latents_dir.mkdir(parents=True, exist_ok=True)
     if not is_remote(uri):
         source = Path(uri)
-        configs = sorted(source.glob(f"*/{CACHE_CONFIG}"))
+        # Hidden folders (a build's staging area) hold no finished cache.
+        configs = [
+            c for c in sorted(source.glob(f"*/{CACHE_CONFIG}")) if not c.parent.name.startswith(".")
+        ]
         if not configs:
             raise UserError(f"cache artifact {uri}: no <hookpoint>/config.json in it")
         for config in configs:
