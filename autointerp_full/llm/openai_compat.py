@@ -396,6 +396,8 @@ class OpenAICompatClient:
                         completion = await self._attempt(payload)
                 except _Retryable as exc:
                     outcome = str(exc)
+                    if "response_format" in outcome:
+                        break  # a server rejecting the field with a 5xx (llama-cpp-python's)
                     await asyncio.sleep(self._backoff(attempt, exc.wait))
                     continue
                 except LLMError as exc:  # 4xx: this style is rejected

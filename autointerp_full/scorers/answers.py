@@ -172,6 +172,11 @@ def _number_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return spans
 
 
+def spells_json(logprobs: Sequence[TokenLogprob] | None) -> bool:
+    """Whether the answer tokens spell a JSON object (then only its values are read)."""
+    return bool(logprobs) and find_json_object("".join(i.token for i in logprobs)) is not None
+
+
 def value_tokens(logprobs: Sequence[TokenLogprob] | None) -> list[TokenLogprob] | None:
     """The answer tokens holding the values of the first JSON object the tokens spell, one
     per value in order; None when they spell no JSON object, or a value is spread over
