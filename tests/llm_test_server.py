@@ -9,7 +9,12 @@ It really speaks HTTP on 127.0.0.1 (stdlib ThreadingHTTPServer, keep-alive) and 
   capacity is `max_concurrent / delay` requests per second.
 - `faults`: a list consumed one per chat request, in arrival order: "ok", "hang" (no answer for
   `hang_s`), "429" (with `Retry-After: retry_after`), "500", "bad_json", "no_choices", "garbage"
-  (well-formed body, nonsense text), "drop" (close the connection without answering).
+  (well-formed body, nonsense text), "drop" (close the connection without answering),
+  "truncated" (headers promise the whole body, half of it is sent, the connection closes).
+- `fault_rate`, `fault_kinds`, `fault_seed`: once the list is used up, each chat request draws
+  a fault from `fault_kinds` with probability `fault_rate` (seeded, so a run is repeatable in
+  its totals); `faults_injected` counts them by kind.
+- A responder's dict may also carry `finish_reason` (default "stop").
 
 Counters: `chat_requests`, `peak_in_flight` (requests received and not yet answered), `requests`
 (the JSON bodies) and `auth_headers`.
@@ -18,6 +23,7 @@ Counters: `chat_requests`, `peak_in_flight` (requests received and not yet answe
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
@@ -53,11 +59,18 @@ class ScriptedLLMServer:
         faults: list[str] | None = None,
         hang_s: float = 30.0,
         retry_after: float = 0.05,
+        fault_rate: float = 0.0,
+        fault_kinds: tuple[str, ...] = ("429", "500", "hang", "truncated", "garbage"),
+        fault_seed: int = 0,
     ) -> None:
         self.responder = responder or default_responder
         self.models = models
         self.delay = delay
         self.faults = list(faults or [])
+        self.fault_rate = fault_rate
+        self.fault_kinds = fault_kinds
+        self._fault_rng = random.Random(fault_seed)
+        self.faults_injected: dict[str, int] = {}
         self.hang_s = hang_s
         self.retry_after = retry_after
         self._slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
@@ -112,7 +125,13 @@ class ScriptedLLMServer:
     def _next_fault(self) -> str:
         with self._lock:
             self.chat_requests += 1
-            return self.faults.pop(0) if self.faults else "ok"
+            if self.faults:
+                return self.faults.pop(0)
+            if self.fault_rate and self._fault_rng.random() < self.fault_rate:
+                kind = self._fault_rng.choice(self.fault_kinds)
+                self.faults_injected[kind] = self.faults_injected.get(kind, 0) + 1
+                return kind
+            return "ok"
 
     def _enter(self) -> None:
         with self._lock:
@@ -131,7 +150,7 @@ class ScriptedLLMServer:
         choice: dict[str, Any] = {
             "index": 0,
             "message": {"role": "assistant", "content": text},
-            "finish_reason": "stop",
+            "finish_reason": answer.get("finish_reason", "stop"),
         }
         if request.get("logprobs"):
             content = answer.get("logprobs") or fake_logprobs(text, request.get("top_logprobs", 0))
@@ -225,6 +244,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b'{"choices": [{"message": ')
         elif fault == "no_choices":
             self._send(200, b'{"id": "x", "object": "chat.completion"}')
+        elif fault == "truncated":
+            body = json.dumps(srv.reply_body(request, "ok")).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
         else:
             self._send(200, json.dumps(srv.reply_body(request, fault)).encode())
 
@@ -280,3 +308,72 @@ def interp_responder(request: dict[str, Any]) -> str:
         n = len(re.findall(r"^Example \d+:", user, re.MULTILINE)) or 5
         return "[" + ", ".join("1" if i % 2 == 0 else "0" for i in range(n)) + "]"
     return "Some reasoning first.\n[EXPLANATION]: common short words such as 'the'"
+
+
+# ------------------------------------------------------------------- known-answer responder
+
+_MARKED = re.compile(r"<<(.+?)>>")
+_EXAMPLE_LINE = re.compile(r"^Example (\d+): (.*)$", re.MULTILINE)
+_NAMED = re.compile(r'the word "([^"]+)"')
+_TOKEN_LINE = re.compile(r'^(\d+): (".*")$', re.MULTILINE)
+
+
+def known_answer_explanation(word: str) -> str:
+    """How the known-answer responder words an explanation (and reads one back)."""
+    return f'the word "{word}"'
+
+
+def _fires(word: str, text: str) -> bool:
+    # The latents fire on the token " word" (leading space): a word at a document's start is a
+    # different token.
+    return re.search(" " + re.escape(word) + r"(?![\w])", text) is not None
+
+
+def _marks(text: str) -> list[str]:
+    return [m.strip() for m in _MARKED.findall(text)]
+
+
+def known_answer_responder(request: dict[str, Any]) -> str:
+    """Answers every prompt by one rule: a latent fires on the word its marks show.
+
+    - explainer prompts (marked excerpts): names the most often marked word;
+    - detection (unmarked examples): 1 where the explained word occurs as a word;
+    - fuzz (marked examples): 1 where every mark is on the explained word;
+    - simulation (numbered tokens): 10 on the explained word, 0 elsewhere;
+    - intruder (marked examples, no explanation): the one whose marks differ from the rest.
+    It never looks at the truth, only at what the prompt shows, as a rule-following LLM would.
+    """
+    user = [m["content"] for m in request["messages"] if m["role"] == "user"][-1]
+    named = _NAMED.search(user)
+    examples = [text for _, text in _EXAMPLE_LINE.findall(user)]
+    tokens = [json.loads(t) for _, t in _TOKEN_LINE.findall(user)]
+    if named and tokens:
+        word = named.group(1)
+        return "\n".join(
+            f"{i}: {10 if t.startswith(' ') and t.strip() == word else 0}"
+            for i, t in enumerate(tokens, 1)
+        )
+    if named and examples:
+        word = named.group(1)
+        if any("<<" in text for text in examples):
+            answers = [int(bool(_marks(t)) and set(_marks(t)) == {word}) for t in examples]
+        else:
+            answers = [int(_fires(word, t)) for t in examples]
+        return "[" + ", ".join(map(str, answers)) + "]"
+    if examples:  # intruder
+        marks = [set(_marks(t)) for t in examples]
+        counts: dict[str, int] = {}
+        for m in marks:
+            for w in m:
+                counts[w] = counts.get(w, 0) + 1
+        common = max(counts, key=lambda w: counts[w]) if counts else ""
+        odd = next((i for i, m in enumerate(marks, 1) if common not in m), 1)
+        return str(odd)
+    marked = _marks(user)
+    if not marked:
+        return "I see no marked tokens."
+    counts = {}
+    for w in marked:
+        counts[w] = counts.get(w, 0) + 1
+    best = max(counts, key=lambda w: (counts[w], w))
+    return f"The marks fall on one word.\n[EXPLANATION]: {known_answer_explanation(best)}"
