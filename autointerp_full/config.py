@@ -34,6 +34,7 @@ CACHE_KEY_FIELDS = (
     "filter_bos",
     "dtype",
     "load_in_8bit",
+    "sparse_weights",  # a property: "trained", or the seed of --random_sparse_model's weights
 )
 
 # Never persisted: run_config.json, logs and pipeline specs leave these out.
@@ -67,6 +68,16 @@ class RunConfig:
         "SAELens or Gemma Scope layout.",
         "core",
         positional=True,
+    )
+    random_sparse_model: bool = _opt(
+        False,
+        "Randomised control (Heap et al. 2025): replace the sparse model's weights by random "
+        "ones of the same architecture and shapes, seeded by --seed and the hookpoint. Every "
+        "encoder and decoder row becomes a random direction with the real row's norm; biases, "
+        "thresholds, k and input normalisation are kept, so activations stay on the real "
+        "scale (a TopK model still fires k latents per token). The cache is keyed apart from "
+        "the real model's. Compare its scores with a run on the real weights.",
+        "core",
     )
     hookpoints: list[str] = _opt(
         [], "Module paths to analyse, e.g. layers.16 or layers.16.mlp.", "core", nargs="+"
@@ -252,6 +263,16 @@ class RunConfig:
         if self.non_activating_source == "FAISS" and self.explainer == "default":
             return "contrastive"
         return self.explainer
+
+    @property
+    def sparse_weights(self) -> str:
+        """Which weights the sparse model runs with, as the cache key records it."""
+        return f"random (seed {self.seed})" if self.random_sparse_model else "trained"
+
+    @property
+    def random_sparse_seed(self) -> int | None:
+        """The seed for sparse.load_sparse_models(random_seed=...): None for trained weights."""
+        return self.seed if self.random_sparse_model else None
 
     @property
     def token(self) -> str | None:

@@ -600,3 +600,75 @@ def test_expected_average_scaling_matches_the_saelens_package(tmp_path: Path) ->
     coder = load_one(folder)
     torch.testing.assert_close(coder.encode(x), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(coder(x), expected_out, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------- random-weights control
+def _load_random(root: Path, hookpoints: list[str], seed: int | None) -> dict[str, SparseCoder]:
+    return load_sparse_models(str(root), hookpoints, random_seed=seed)
+
+
+def test_random_weights_keep_architecture_shapes_norms_and_biases(tmp_path: Path) -> None:
+    write_sparsify_sae(tmp_path, "layers.1", seed=3)
+    real = _load_random(tmp_path, ["layers.1"], None)["layers.1"]
+    rnd = _load_random(tmp_path, ["layers.1"], 22)["layers.1"]
+    assert (rnd.activation, rnd.k, rnd.num_latents, rnd.d_in, rnd.d_out) == (
+        real.activation,
+        real.k,
+        real.num_latents,
+        real.d_in,
+        real.d_out,
+    )
+    for name in ("W_enc", "W_dec"):
+        a, b = getattr(real, name), getattr(rnd, name)
+        assert a.shape == b.shape
+        torch.testing.assert_close(b.norm(dim=1), a.norm(dim=1))
+        # the directions are new: |cos| between a real row and its replacement is small
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=1).abs().mean()
+        assert cos < 0.25
+    torch.testing.assert_close(rnd.b_enc, real.b_enc)
+    torch.testing.assert_close(rnd.b_dec, real.b_dec)
+
+
+def test_random_weights_are_seeded_and_differ_by_hookpoint(tmp_path: Path) -> None:
+    write_sparsify_sae(tmp_path, "layers.1", seed=3)
+    write_sparsify_sae(tmp_path, "layers.2", seed=3)  # the same real weights at both
+    first = _load_random(tmp_path, ["layers.1", "layers.2"], 22)
+    again = _load_random(tmp_path, ["layers.1"], 22)["layers.1"]
+    other = _load_random(tmp_path, ["layers.1"], 23)["layers.1"]
+    torch.testing.assert_close(first["layers.1"].W_enc, again.W_enc)
+    assert not torch.allclose(first["layers.1"].W_enc, other.W_enc)
+    assert not torch.allclose(first["layers.1"].W_enc, first["layers.2"].W_enc)
+
+
+def test_random_topk_model_still_fires_k_latents_spread_over_many(tmp_path: Path) -> None:
+    write_sparsify_sae(tmp_path, "layers.1", k=8, seed=3)
+    rnd = _load_random(tmp_path, ["layers.1"], 5)["layers.1"]
+    x = torch.randn(2000, TINY_HIDDEN, generator=torch.Generator().manual_seed(0))
+    acts = rnd.encode(x)
+    assert ((acts > 0).sum(dim=1) == 8).all()
+    assert int(((acts > 0).sum(dim=0) > 0).sum()) > 0.8 * rnd.num_latents
+
+
+def test_random_jumprelu_model_keeps_thresholds_and_fires(tmp_path: Path) -> None:
+    w = random_weights(10)
+    write_gemma_scope(tmp_path / "layers.3", w)
+    rnd = _load_random(tmp_path, ["layers.3"], 1)["layers.3"]
+    torch.testing.assert_close(rnd.threshold, w["threshold"])
+    assert (rnd.encode(inputs(500)) > 0).any()
+
+
+def test_random_weights_key_the_cache_apart(tmp_path: Path) -> None:
+    from autointerp_full.cache.key import cache_key
+    from autointerp_full.config import CACHE_KEY_FIELDS, RunConfig
+
+    assert "sparse_weights" in CACHE_KEY_FIELDS
+    write_sparsify_sae(tmp_path, "layers.1")
+    base = {"model": "m", "sparse_model": str(tmp_path), "hookpoints": ["layers.1"]}
+    real = RunConfig(**base)
+    rnd = RunConfig(**base, random_sparse_model=True)
+    rnd_other_seed = RunConfig(**base, random_sparse_model=True, seed=23)
+    real_other_seed = RunConfig(**base, seed=23)
+    keys = [cache_key(c, "layers.1") for c in (real, rnd, rnd_other_seed, real_other_seed)]
+    assert keys[0] != keys[1] != keys[2]
+    assert keys[0] == keys[3]  # the seed alone does not change a trained model's cache
+    assert (real.random_sparse_seed, rnd.random_sparse_seed) == (None, 22)
