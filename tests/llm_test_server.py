@@ -377,3 +377,12 @@ def known_answer_responder(request: dict[str, Any]) -> str:
         counts[w] = counts.get(w, 0) + 1
     best = max(counts, key=lambda w: (counts[w], w))
     return f"The marks fall on one word.\n[EXPLANATION]: {known_answer_explanation(best)}"
+
+
+def refusing_scorer_responder(request: dict[str, Any]) -> str:
+    """Explains well (as interp_responder) but answers every scorer prompt unreadably, so
+    explanations are stored and every score batch fails."""
+    user = [m["content"] for m in request["messages"] if m["role"] == "user"][-1]
+    if re.search(r"^(Example \d+:|\d+: \")", user, re.MULTILINE):
+        return "I cannot answer that."
+    return interp_responder(request)

@@ -85,7 +85,12 @@ def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
     )
     param = next(model.parameters())
     coders = sparse.load_sparse_models(
-        cfg.sparse_model, todo, device=param.device, dtype=param.dtype, token=cfg.token
+        cfg.sparse_model,
+        todo,
+        device=param.device,
+        dtype=param.dtype,
+        token=cfg.token,
+        random_seed=cfg.random_sparse_seed,  # --random_sparse_model: the randomised control
     )
     width = models.hidden_size(model)
     for hp in todo:

@@ -213,7 +213,12 @@ def _sparse_weight(cfg: RunConfig, hookpoint: str, sparse_coder: Any, kind: str)
         from autointerp_full.sparse import load_sparse_models
 
         loaded = load_sparse_models(
-            cfg.sparse_model, [hookpoint], device="cpu", dtype=torch.float32, token=cfg.token
+            cfg.sparse_model,
+            [hookpoint],
+            device="cpu",
+            dtype=torch.float32,
+            token=cfg.token,
+            random_seed=cfg.random_sparse_seed,  # neighbours of the random control's weights
         )
         sparse_coder = loaded[hookpoint] if isinstance(loaded, dict) else loaded[0]
     return sparse_coder.W_dec if kind == "decoder_similarity" else sparse_coder.W_enc
