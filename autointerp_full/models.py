@@ -282,11 +282,15 @@ def inspect_model(
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
+        config = _gguf_config(Path(source) / gguf_file, param) if gguf_file else None
+        if config is None:
+            config = AutoConfig.from_pretrained(source, **kwargs)
         if gguf_file is None:
             AutoTokenizer.from_pretrained(source, token=token)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - hub, parsing and architecture errors alike
         raise UserError(f"--{param}: cannot load {name!r}: {one_line(exc, token)}") from None
     modules = {hp: hookpoint_path(model, hp) for hp in dict.fromkeys(hookpoints)}
@@ -295,6 +299,100 @@ def inspect_model(
     except ValueError as exc:
         raise UserError(f"--{param}: {name!r}: {exc}") from None
     return {"hidden_size": width, "modules": modules}
+
+
+# GGUF metadata value types: struct format of the scalars; 8 is a string, 9 an array.
+_GGUF_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
+_GGUF_SMALL_ARRAY = 64  # longer arrays (the vocabulary) are skipped, keeping only their length
+
+
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """A .gguf file's key-value metadata, read directly: transformers' reader also parses every
+    vocabulary string through numpy (seconds for a small model). Long arrays come back as their
+    length (an int); raises ValueError when the file is not GGUF v2/v3."""
+    import struct
+
+    def read(fmt: str) -> Any:
+        size = struct.calcsize("<" + fmt)
+        data = fh.read(size)
+        if len(data) != size:
+            raise ValueError("the file ends inside its metadata")
+        return struct.unpack("<" + fmt, data)[0]
+
+    def string() -> str:
+        return fh.read(read("Q")).decode("utf-8", errors="replace")
+
+    def value(kind: int) -> Any:
+        if kind in _GGUF_SCALARS:
+            return read(_GGUF_SCALARS[kind])
+        if kind == 8:
+            return string()
+        if kind == 9:
+            item, count = read("I"), read("Q")
+            if count <= _GGUF_SMALL_ARRAY:
+                return [value(item) for _ in range(count)]
+            if item in _GGUF_SCALARS:
+                fh.seek(count * struct.calcsize("<" + _GGUF_SCALARS[item]), 1)
+            else:
+                for _ in range(count):
+                    if item == 8:
+                        fh.seek(read("Q"), 1)
+                    else:
+                        value(item)
+            return count
+        raise ValueError(f"unknown GGUF value type {kind}")
+
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ValueError("not a GGUF file (bad magic)")
+        version = read("I")
+        if version not in (2, 3):
+            raise ValueError(f"GGUF version {version} is not supported")
+        read("Q")  # tensor count
+        n_kv = read("Q")
+        meta = {}
+        for _ in range(n_kv):
+            key = string()
+            meta[key] = value(read("I"))
+    return meta
+
+
+def _gguf_config(path: Path, param: str) -> Any:
+    """The model config of a .gguf file from its metadata, mapped the way transformers maps it;
+    None when the architecture needs transformers' own special cases (then it reads the file)."""
+    from transformers import AutoConfig
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        meta = gguf_metadata(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--{param}: cannot read {str(path)!r}: {exc}") from None
+    arch = meta.get("general.architecture")
+    name = str(meta.get("general.name", "")).lower()
+    if arch not in GGUF_CONFIG_MAPPING or arch not in CONFIG_MAPPING or "mistral" in name:
+        return None
+    attrs: dict[str, Any] = {}
+    for key, attr in GGUF_CONFIG_MAPPING[arch].items():
+        found = meta.get(f"{arch}.{key}")
+        if attr and isinstance(found, (int, float)) and not isinstance(found, bool):
+            attrs[attr] = found
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if "vocab_size" not in attrs and tokens is not None:
+        attrs["vocab_size"] = tokens if isinstance(tokens, int) else len(tokens)
+    return AutoConfig.for_model(arch, **attrs)
 
 
 def _from_pretrained(source: str, torch_dtype: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:

@@ -242,3 +242,112 @@ def test_smollm2_gguf_with_demo_sae() -> None:
 # Measured 0.184 on this text (0.167 on 50k held-out Wikipedia tokens, see docs/DEMO_SAE.md);
 # an untrained or wrongly loaded SAE gives about 1 or more.
 FVU_BOUND = 0.3
+
+
+# ----------------------------------------------------------- checks without loading weights
+def write_tiny_gguf(path: Path, layers: int = 3, width: int = 32) -> Path:
+    """A GGUF file with llama metadata, a 100-token vocabulary and one tensor."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny")
+    writer.add_block_count(layers)
+    writer.add_embedding_length(width)
+    writer.add_feed_forward_length(2 * width)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_context_length(128)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(100)])
+    writer.add_tensor("token_embd.weight", np.zeros((100, width), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_inspect_model_builds_on_meta_and_maps_hookpoints(tiny_model_dir: Path) -> None:
+    from autointerp_full.models import inspect_model
+
+    info = inspect_model(str(tiny_model_dir), ["layers.1", "layers.2.mlp", "layers.1"])
+    assert info == {
+        "hidden_size": TINY_HIDDEN,
+        "modules": {"layers.1": "model.layers.1", "layers.2.mlp": "model.layers.2.mlp"},
+    }
+    with pytest.raises(UserError, match=r"^--hookpoints: unknown module 'layers\.9'"):
+        inspect_model(str(tiny_model_dir), [f"layers.{TINY_LAYERS + 5}"])
+
+
+def test_inspect_model_names_the_param_for_unloadable_models(tmp_path: Path) -> None:
+    from autointerp_full.models import inspect_model
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="^--model: cannot load"):
+        inspect_model(str(tmp_path / "empty"), ["layers.0"])
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="^--model: .* is a file but not a .gguf"):
+        inspect_model(str(tmp_path / "config.json"), ["layers.0"])
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
+    with pytest.raises(UserError, match="^--model: cannot read .*junk.gguf.*bad magic"):
+        inspect_model(str(tmp_path / "junk.gguf"), ["layers.0"])
+
+
+def test_gguf_metadata_and_config_match_transformers(tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    from autointerp_full.models import _gguf_config, gguf_metadata, inspect_model
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", layers=3, width=32)
+    meta = gguf_metadata(path)
+    assert meta["llama.block_count"] == 3 and meta["llama.embedding_length"] == 32
+    assert meta["tokenizer.ggml.tokens"] == 100  # a long array comes back as its length
+    ours = _gguf_config(path, "model").to_dict()
+    theirs = AutoConfig.from_pretrained(str(tmp_path), gguf_file="tiny.gguf").to_dict()
+    keys = "hidden_size num_hidden_layers intermediate_size num_attention_heads"
+    keys += " num_key_value_heads vocab_size max_position_embeddings model_type"
+    for key in keys.split():
+        assert ours[key] == theirs[key], key
+    info = inspect_model(str(path), ["layers.2"])
+    assert info["hidden_size"] == 32
+    with pytest.raises(UserError, match="^--hookpoints: unknown module 'layers.3'"):
+        inspect_model(str(path), ["layers.3"])
+
+
+def test_check_device_on_a_cpu_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autointerp_full.models import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert check_device("cpu") == "cpu"
+    assert check_device("auto") == "cpu"
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(UserError, match="^--device: .*no CUDA GPU"):
+            check_device(device)
+    with pytest.raises(UserError, match="^--device: 'gpu' is not a device"):
+        check_device("gpu")
+    with pytest.raises(UserError, match="^--load_in_8bit: needs a CUDA GPU"):
+        check_device("auto", load_in_8bit=True)
+
+
+def test_check_device_counts_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autointerp_full.models import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == "cuda:1"
+    with pytest.raises(UserError, match="^--device: 'cuda:2' does not exist; 2 CUDA GPU"):
+        check_device("cuda:2")
+
+
+def test_check_model_source(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from autointerp_full.models import check_model_source
+
+    check_model_source(str(tiny_model_dir), param="explainer_model")
+    check_model_source(str(write_tiny_gguf(tmp_path / "e.gguf")), param="explainer_model")
+    with pytest.raises(UserError, match="^--explainer_model: no such file"):
+        check_model_source(str(tmp_path / "absent.gguf"), param="explainer_model")
+    with pytest.raises(UserError, match="^--explainer_model: cannot load 'nobody/none'"):
+        check_model_source("nobody/none", param="explainer_model")  # the hub is offline in tests
