@@ -672,3 +672,62 @@ def test_random_weights_key_the_cache_apart(tmp_path: Path) -> None:
     assert keys[0] != keys[1] != keys[2]
     assert keys[0] == keys[3]  # the seed alone does not change a trained model's cache
     assert (real.random_sparse_seed, rnd.random_sparse_seed) == (None, 22)
+
+
+def _centred_tiny_sae(model_dir: Path, corpus: Path, root: Path) -> Path:
+    """A tiny TopK SAE whose b_dec is the mean hidden state at layers.1, as a trained SAE's
+    is close to: random directions then see centred inputs, as real ones do."""
+    from safetensors.torch import load_file
+
+    from autointerp_full import models
+
+    write_sparsify_sae(root, "layers.1", seed=4)
+    model, tok = models.load_subject_model(str(model_dir), device="cpu", dtype="float32")
+    text = " ".join(json.loads(line)["text"] for line in corpus.read_text().splitlines()[:20])
+    ids = tok(text, return_tensors="pt").input_ids[:, :512]
+    with torch.inference_mode():
+        hidden = models.HookedForward(model, ["layers.1"])(ids)["layers.1"]
+    tensors = load_file(str(root / "layers.1" / "sae.safetensors"))
+    tensors["b_dec"] = hidden.reshape(-1, hidden.shape[-1]).mean(0).contiguous()
+    # biases on the scale of the projections (the fixture's are far larger than a tiny
+    # random model's hidden states, and would pick the same k latents on every token)
+    tensors["encoder.bias"] = torch.zeros_like(tensors["encoder.bias"])
+    save_file(tensors, str(root / "layers.1" / "sae.safetensors"))
+    return root
+
+
+def test_cache_of_the_random_control_is_full_and_differs(
+    tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path
+) -> None:
+    """The whole cache stage runs on the random weights: every token still fires k latents,
+    most latents fire somewhere, and the cache is not the real model's."""
+    from autointerp_full.cache import build_cache
+    from autointerp_full.cache.reader import CacheReader
+    from autointerp_full.config import RunConfig
+
+    def run(random: bool, out: Path) -> CacheReader:
+        cfg = RunConfig(
+            model=str(tiny_model_dir),
+            sparse_model=str(sae_dir),
+            hookpoints=["layers.1"],
+            dataset_repo=str(tiny_corpus),
+            dataset_split="train",
+            n_tokens=1024,
+            cache_ctx_len=32,
+            batch_size=8,
+            n_splits=2,
+            device="cpu",
+            pipeline_num_proc=1,
+            random_sparse_model=random,
+        )
+        return CacheReader(build_cache(cfg, out)["layers.1"])
+
+    sae_dir = _centred_tiny_sae(tiny_model_dir, tiny_corpus, tmp_path / "sae")
+    real, rnd = run(False, tmp_path / "real"), run(True, tmp_path / "random")
+    assert rnd.config["sparse_weights"] == "random (seed 22)"
+    assert real.config["sparse_weights"] == "trained"
+    counts_real, counts_rnd = real.firing_counts(), rnd.firing_counts()
+    n_tokens = rnd.tokens().numel()
+    assert int(counts_rnd.sum()) == 8 * n_tokens  # k = 8 on every token
+    assert int((counts_rnd > 0).sum()) > 0.8 * rnd.num_latents
+    assert not torch.equal(counts_real, counts_rnd)
