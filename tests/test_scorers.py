@@ -317,6 +317,10 @@ def test_rerun_with_previous_asks_only_the_failed_batches() -> None:
     client = ScriptedClient(perfect_detection)
     run_with(DetectionScorer(client, FakePrompts(), cfg(seed=3)), make_record(), before)
     assert len(client.requests) == 4
+    client = ScriptedClient(perfect_detection)
+    other = DetectionScorer(client, FakePrompts(), cfg())
+    asyncio.run(other.score(make_record(), "another explanation", previous=before))
+    assert len(client.requests) == 4
 
 
 def test_detection_every_request_failing_sets_error() -> None:

@@ -79,8 +79,10 @@ class Scorer:
             return self.result(record, explanation, [], {}, "no explanation to score")
         if not record.test and not record.non_activating:
             return self.result(record, explanation, [], {}, "no test examples to score")
-        if previous is not None and previous.get("scorer") != self.name:
-            previous = None
+        if previous is not None and (
+            previous.get("scorer") != self.name or previous.get("explanation") != explanation
+        ):
+            previous = None  # answers to another scorer or explanation are no answers here
         examples, metrics, error = await self._score(record, explanation, previous)
         failures = metrics.pop("failures", None)
         extra = {"failures": failures} if failures else {}
