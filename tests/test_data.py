@@ -133,3 +133,45 @@ def test_no_bos_tokenizer_fills_rows_from_the_stream(tokenizer) -> None:
     assert rows.shape == (4, 8)
     ids = tok("one two three", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert rows.reshape(-1).tolist()[: len(ids)] == ids
+
+
+# ------------------------------------------------------------------------------ the probe
+def test_probe_accepts_what_load_texts_reads(files: dict[str, Path]) -> None:
+    from autointerp_full.data import probe_texts
+
+    for kind, column in (("jsonl", "text"), ("txt", "text"), ("parquet", "body")):
+        for split in ("train", "train[10:13]", "train[:5%]", "train[-2:]"):
+            probe_texts(str(files[kind]), split, column)
+    probe_texts(str(files["folder"]), "train[48:52]", "text")
+
+
+@pytest.mark.parametrize(
+    "split, column, message",
+    [
+        ("test", "text", "^--dataset_split: 'test' does not exist"),
+        ("train[abc]", "text", "^--dataset_split: invalid split"),
+        ("train", "body", r"^--dataset_column: no column 'body'.*columns: id, text"),
+        ("train[500:600]", "text", "^--dataset_repo: split 'train.500:600.' .* has no text"),
+    ],
+)
+def test_probe_names_the_flag(files: dict[str, Path], split: str, column: str, message: str):
+    from autointerp_full.data import probe_texts
+
+    with pytest.raises(UserError, match=message):
+        probe_texts(str(files["jsonl"]), split, column)
+
+
+def test_probe_refuses_empty_and_broken_files(tmp_path: Path) -> None:
+    from autointerp_full.data import probe_texts
+
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.jsonl").write_text(json.dumps({"text": ""}) + "\n")
+    (tmp_path / "broken.jsonl").write_text('{"text": "a"}\n{"text": \n')
+    cases = {"empty.jsonl": "is empty", "blank.jsonl": "has no text", "broken.jsonl": "cannot read"}
+    for name, message in cases.items():
+        with pytest.raises(UserError, match=f"^--dataset_repo: .*{message}"):
+            probe_texts(str(tmp_path / name), "train", "text")
+    with pytest.raises(UserError, match="^--dataset_repo: no such file"):
+        probe_texts(str(tmp_path / "absent.jsonl"), "train", "text")
+    with pytest.raises(UserError, match="^--dataset_repo: cannot open"):
+        probe_texts("nobody-here/no-such-dataset", "train", "text")  # the hub is offline
