@@ -18,7 +18,7 @@ EXPLAINERS = ("default", "single_token", "contrastive", "np_max_act", "cot", "no
 SCORERS = ("detection", "fuzz", "simulation", "surprisal", "embedding", "intruder")
 NON_ACTIVATING_SOURCES = ("random", "neighbours", "FAISS")
 NEIGHBOURS_TYPES = ("co-occurrence", "decoder_similarity", "encoder_similarity")
-OVERWRITE_CHOICES = ("cache", "neighbours", "scores")
+OVERWRITE_CHOICES = ("cache", "neighbours", "examples", "explanations", "scores")
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 
 # Fields that decide the content of an activation cache (see cache/).

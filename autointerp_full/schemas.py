@@ -8,20 +8,18 @@ identical copy in `autointerp_full/schema_files/` (package data) so that a plain
 from __future__ import annotations
 
 import json
-import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from autointerp_full import layout
+from autointerp_full.cache import format as cache_format
 from autointerp_full.errors import UserError
 
 SCHEMA_DIR = Path(__file__).parent / "schema_files"
 
 # artifact kind -> the schema of each of its files
 KINDS = ("cache", "examples", "explanations", "scores", "summary")
-_LATENT_FILE = re.compile(r"^(?P<hookpoint>.+)_latent_(?P<latent>[0-9]+)\.(?P<ext>json|txt)$")
-# Bookkeeping files that live beside the per-latent files and have no schema of their own.
-_IGNORED = {".usage.json", "failures.json"}
 
 
 @cache
@@ -87,10 +85,10 @@ def _validate_cache(path: Path) -> None:
     if path.is_file():  # the config alone, e.g. fetched without the data files
         _check_cache_config(path, with_files=False)
         return
-    if (path / "config.json").exists():
-        _check_cache_config(path / "config.json")
+    if (path / cache_format.CONFIG_FILE).exists():
+        _check_cache_config(path / cache_format.CONFIG_FILE)
         return
-    configs = sorted(path.glob("*/config.json"))
+    configs = sorted(path.glob(f"*/{cache_format.CONFIG_FILE}"))
     if not configs:
         raise UserError(
             f"cache artifact {path}: no <hookpoint>/config.json (an unfinished or empty cache)"
@@ -107,8 +105,9 @@ def _check_cache_config(config_path: Path, with_files: bool = True) -> None:
             f"{config_path}: hookpoint {data['hookpoint']!r} does not match its folder "
             f"{config_path.parent.name!r}"
         )
-    if with_files and not (config_path.parent / "tokens.safetensors").exists():
-        raise UserError(f"{config_path.parent}: tokens.safetensors is missing")
+    tokens = cache_format.TOKENS_FILE
+    if with_files and not (config_path.parent / tokens).exists():
+        raise UserError(f"{config_path.parent}: {tokens} is missing")
     shards = data["shards"]
     if isinstance(shards, list):
         # The ranges must tile [0, num_latents) in order, so every latent has one shard.
@@ -128,14 +127,7 @@ def _check_cache_config(config_path: Path, with_files: bool = True) -> None:
 
 
 def _latent_files(folder: Path, ext: str) -> list[tuple[Path, str, int]]:
-    found = []
-    for file in sorted(folder.iterdir()):
-        if file.name in _IGNORED or file.name.startswith(".") or not file.is_file():
-            continue
-        match = _LATENT_FILE.match(file.name)
-        if match and match["ext"] == ext:
-            found.append((file, match["hookpoint"], int(match["latent"])))
-    return found
+    return list(layout.latent_files(folder, ext))
 
 
 def _check_names(file: Path, data: dict[str, Any], hookpoint: str, latent: int) -> None:
@@ -148,33 +140,36 @@ def _check_names(file: Path, data: dict[str, Any], hookpoint: str, latent: int) 
 
 def _validate_examples(path: Path) -> None:
     if path.is_file():
-        files = [(path, *_name_parts(path))] if path.name != "skipped.json" else []
+        files = [(path, *_name_parts(path))] if path.name != layout.SKIPPED else []
         folder = path.parent
     else:
-        files = _latent_files(path, "json")
+        files = _latent_files(path, layout.EXAMPLE_EXT)
         folder = path
-        if not files and not (folder / "skipped.json").exists():
+        if not files and not layout.skipped_file(folder).exists():
             raise UserError(
-                f"examples artifact {path}: no <hookpoint>_latent_<id>.json and no skipped.json"
+                f"examples artifact {path}: no <hookpoint>_latent_<id>.json and no {layout.SKIPPED}"
             )
     for file, hookpoint, latent in files:
         data = _read_json(file)
         check("examples", data, str(file))
         _check_names(file, data, hookpoint, latent)
-    skipped = folder / "skipped.json"
+    skipped = layout.skipped_file(folder)
     if skipped.exists() and (path.is_dir() or path == skipped):
         check("skipped", _read_json(skipped), str(skipped))
 
 
 def _name_parts(file: Path) -> tuple[str, int]:
-    match = _LATENT_FILE.match(file.name)
-    if not match:
+    key = layout.parse_stem(file.stem)
+    if key is None:
         raise UserError(f"{file}: name is not <hookpoint>_latent_<id>.{file.suffix.lstrip('.')}")
-    return match["hookpoint"], int(match["latent"])
+    return key
 
 
 def _validate_explanations(path: Path) -> None:
-    files = [(path, *_name_parts(path))] if path.is_file() else _latent_files(path, "txt")
+    if path.is_file():
+        files = [(path, *_name_parts(path))]
+    else:
+        files = _latent_files(path, layout.EXPLANATION_EXT)
     for file, hookpoint, latent in files:
         try:
             text = file.read_text(encoding="utf-8")
@@ -182,6 +177,11 @@ def _validate_explanations(path: Path) -> None:
             raise UserError(f"{file}: not readable UTF-8 text ({exc})") from None
         record = {"file": file.name, "hookpoint": hookpoint, "latent": latent, "explanation": text}
         check("explanation", record, str(file))
+        side = layout.explanation_provenance_file(file.parent, hookpoint, latent)
+        if side.exists():
+            data = _read_json(side)
+            check("provenance", data, str(side))
+            _check_names(side, data, hookpoint, latent)
 
 
 def _validate_scores(path: Path) -> None:
@@ -189,7 +189,7 @@ def _validate_scores(path: Path) -> None:
         files = [(path, *_name_parts(path))]
     else:
         files = [
-            f for sub in sorted(path.iterdir()) if sub.is_dir() for f in _latent_files(sub, "txt")
+            f for sub in layout.scorer_dirs(path) for f in _latent_files(sub, layout.SCORE_EXT)
         ]
     for file, hookpoint, latent in files:
         data = _read_json(file)
@@ -202,7 +202,7 @@ def _validate_scores(path: Path) -> None:
 
 
 def _validate_summary(path: Path) -> None:
-    file = path if path.is_file() else path / "summary.json"
+    file = path if path.is_file() else path / layout.SUMMARY
     if not file.exists():
-        raise UserError(f"summary artifact {path}: summary.json is missing")
+        raise UserError(f"summary artifact {path}: {layout.SUMMARY} is missing")
     check("summary", _read_json(file), str(file))

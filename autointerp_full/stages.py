@@ -1,21 +1,29 @@
 """One function per stage: paths in, paths out, no global state.
 
-The CLI (run.py) calls these in order; each Kubeflow component calls exactly one. Every stage
-skips what is already on disk, so a rerun resumes where the last one stopped.
+The CLI (run.py) calls these in order; each Kubeflow component calls exactly one. A stage writes
+only into its own output folder (its usage and failure files included), and never into an
+input. Every artifact records the fingerprint of what produced it (autointerp_full.provenance):
+a rerun reuses an artifact whose fingerprint matches the current configuration and recomputes
+the others, logging per stage how many it reused and why it recomputed the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autointerp_full import layout
+from autointerp_full import provenance as prov
 from autointerp_full.config import RunConfig
-from autointerp_full.errors import UserError
 from autointerp_full.io import atomic_write_json, atomic_write_text, read_json
+from autointerp_full.layout import LatentRange, latent_stem, select_latents
 from autointerp_full.logs import Progress
 
 if TYPE_CHECKING:
@@ -25,36 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LatentRange = tuple[int, int] | None
-USAGE_FILE = ".usage.json"
-FAILURES_FILE = "failures.json"
-
-
-def latent_stem(hookpoint: str, latent: int) -> str:
-    return f"{hookpoint}_latent_{latent}"
-
-
-def parse_stem(stem: str) -> tuple[str, int]:
-    hookpoint, _, latent = stem.rpartition("_latent_")
-    return hookpoint, int(latent)
-
-
-def select_latents(cfg: RunConfig, num_latents: int, latent_range: LatentRange = None) -> list[int]:
-    """The latents a run analyses: --feature_num, else 0..--max_latents-1, else all."""
-    if cfg.feature_num:
-        bad = [i for i in cfg.feature_num if i >= num_latents]
-        if bad:
-            raise UserError(
-                f"--feature_num: latent(s) {bad} out of range; the sparse model has "
-                f"{num_latents} latents"
-            )
-        latents = sorted(set(cfg.feature_num))
-    else:
-        latents = list(range(min(cfg.max_latents or num_latents, num_latents)))
-    if latent_range is not None:
-        start, end = latent_range
-        latents = [i for i in latents if start <= i < end]
-    return latents
+EXPLAIN_STAGE = "explain"  # the LLM client's stage name for explanations; scorers use their own
 
 
 # ---------------------------------------------------------------------------- cache
@@ -74,125 +53,297 @@ def examples_stage(
     cfg: RunConfig, latents_dir: Path, examples_dir: Path, latent_range: LatentRange = None
 ) -> Path:
     from autointerp_full.cache import CacheReader
-    from autointerp_full.examples import ExampleBuilder
 
     examples_dir = Path(examples_dir)
     examples_dir.mkdir(parents=True, exist_ok=True)
-    skipped_path = examples_dir / "skipped.json"
-    skipped: dict[str, dict[str, int]] = read_json(skipped_path) if skipped_path.exists() else {}
+    index_path = layout.skipped_file(examples_dir)
+    index = prov.read_examples_index(index_path)
     for hookpoint in cfg.hookpoints:
         reader = CacheReader(Path(latents_dir) / hookpoint)
-        latents = select_latents(cfg, reader.num_latents, latent_range)
-        done_skips = skipped.setdefault(hookpoint, {})
-        todo = [
-            i
-            for i in latents
-            if not (examples_dir / f"{latent_stem(hookpoint, i)}.json").exists()
-            and str(i) not in done_skips
-        ]
-        if not todo:
-            log.info("examples for %s: all %d latents already built", hookpoint, len(latents))
-            continue
-        builder = ExampleBuilder(cfg, reader, examples_dir, latents=latents)
-        with Progress(len(todo), f"examples {hookpoint}", "latent") as progress:
-            for latent in todo:
-                record = builder.build(latent)
-                if record is None:
-                    done_skips[str(latent)] = int(builder.last_count)
-                else:
-                    atomic_write_json(
-                        examples_dir / f"{latent_stem(hookpoint, latent)}.json", record.to_dict()
-                    )
-                progress.update()
-        atomic_write_json(skipped_path, skipped)
-        n_skipped = sum(1 for i in latents if str(i) in done_skips)
-        log.info(
-            "examples for %s: %d latents built, %d skipped (fewer than --min_examples=%d)",
-            hookpoint,
-            len(latents) - n_skipped,
-            n_skipped,
-            cfg.min_examples,
-        )
+        inputs = prov.examples_inputs(cfg, prov.cache_ref(reader.config))
+        entry = _examples_for_hookpoint(cfg, reader, examples_dir, index.get(hookpoint), inputs,
+                                        latent_range)  # fmt: skip
+        index[hookpoint] = entry
+        prov.write_examples_index(index_path, index)
     return examples_dir
+
+
+def _examples_for_hookpoint(
+    cfg: RunConfig,
+    reader: Any,
+    examples_dir: Path,
+    old: prov.ExamplesEntry | None,
+    inputs: dict[str, Any],
+    latent_range: LatentRange,
+) -> prov.ExamplesEntry:
+    """Build the examples of one hookpoint that are missing or stale; return its index entry."""
+    hookpoint = reader.hookpoint
+    fp = prov.fingerprint(inputs)
+    latents = select_latents(cfg, reader.num_latents, latent_range)
+    overwrite = "examples" in cfg.overwrite
+    same = old is not None and old.fingerprint == fp and not overwrite
+    # Skips of another configuration are void; those of this one stand, in range or not.
+    skipped = dict(old.skipped) if same and old else {}
+    old_skips = old.skipped if old is not None and not same else {}
+    tally = prov.Tally(f"examples {hookpoint}")
+    todo: list[int] = []
+    for latent in latents:
+        reason = _examples_reason(cfg, examples_dir, hookpoint, latent, fp, inputs, old, skipped,
+                                  old_skips, overwrite)  # fmt: skip
+        if reason is None:
+            tally.reuse()
+        else:
+            tally.recompute(reason)
+            todo.append(latent)
+            skipped.pop(str(latent), None)
+    if todo:
+        _build_examples(cfg, reader, examples_dir, latents, todo, inputs, skipped)
+    tally.log()
+    n_skipped = sum(1 for i in latents if str(i) in skipped)
+    log.info(
+        "examples %s: %d latents with examples, %d skipped (fewer than --min_examples=%d)",
+        hookpoint,
+        len(latents) - n_skipped,
+        n_skipped,
+        cfg.min_examples,
+    )
+    return prov.ExamplesEntry(fp, inputs, skipped)
+
+
+def _examples_reason(
+    cfg: RunConfig,
+    examples_dir: Path,
+    hookpoint: str,
+    latent: int,
+    fp: str,
+    inputs: dict[str, Any],
+    old: prov.ExamplesEntry | None,
+    skipped: dict[str, int],
+    old_skips: dict[str, int],
+    overwrite: bool,
+) -> str | None:
+    """Why this latent's examples must be built, or None when its file or skip is current."""
+    if overwrite:
+        return "--overwrite examples"
+    if str(latent) in skipped:
+        return None
+    path = layout.example_file(examples_dir, hookpoint, latent)
+    if path.exists():
+        if prov.peek_fingerprint(path) == fp:
+            return None
+        try:
+            recorded = prov.recorded_inputs(read_json(path))
+        except (OSError, json.JSONDecodeError):
+            return "unreadable file"
+        return prov.reason_changed(recorded, inputs)
+    if str(latent) in old_skips and old is not None:
+        return prov.reason_changed(old.inputs, inputs)
+    return prov.NEW
+
+
+def _build_examples(
+    cfg: RunConfig,
+    reader: Any,
+    examples_dir: Path,
+    latents: list[int],
+    todo: list[int],
+    inputs: dict[str, Any],
+    skipped: dict[str, int],
+) -> None:
+    from autointerp_full.examples import ExampleBuilder
+
+    builder = ExampleBuilder(cfg, reader, examples_dir, latents=latents)
+    with Progress(len(todo), f"examples {reader.hookpoint}", "latent") as progress:
+        for latent in todo:
+            record = builder.build(latent)
+            if record is None:
+                skipped[str(latent)] = int(builder.last_count)
+            else:
+                path = layout.example_file(examples_dir, reader.hookpoint, latent)
+                atomic_write_json(path, prov.stamp(record.to_dict(), inputs))
+            progress.update()
+
+
+@dataclass
+class LoadedExamples:
+    """A latent's record and the fingerprint its examples file recorded."""
+
+    record: LatentRecord
+    fingerprint: str | None
+
+
+def load_examples(
+    cfg: RunConfig, examples_dir: Path, latent_range: LatentRange = None
+) -> list[LoadedExamples]:
+    """The current example files of the run's hookpoints and latents, in a stable order.
+
+    A file whose fingerprint is not the one examples/skipped.json records for its hookpoint
+    was made under another configuration and is left out (and counted in the log)."""
+    from autointerp_full.examples.types import LatentRecord
+
+    index = prov.read_examples_index(layout.skipped_file(examples_dir))
+    loaded, stale = [], 0
+    for path, hookpoint, latent in layout.latent_files(Path(examples_dir), layout.EXAMPLE_EXT):
+        if not layout.is_selected(cfg, hookpoint, latent, latent_range):
+            continue
+        data = read_json(path)
+        fp = prov.recorded_fingerprint(data)
+        entry = index.get(hookpoint)
+        if entry is not None and entry.fingerprint is not None and fp != entry.fingerprint:
+            stale += 1
+            continue
+        loaded.append(LoadedExamples(LatentRecord.from_dict(data), fp))
+    if stale:
+        log.info("%d example files of another configuration left out", stale)
+    loaded.sort(key=lambda x: (cfg.hookpoints.index(x.record.hookpoint), x.record.latent))
+    return loaded
 
 
 def load_records(
     cfg: RunConfig, examples_dir: Path, latent_range: LatentRange = None
 ) -> list[LatentRecord]:
-    """The example files for the run's hookpoints and latents, in a stable order."""
-    from autointerp_full.examples.types import LatentRecord
-
-    records = []
-    for path in sorted(Path(examples_dir).glob("*_latent_*.json")):
-        hookpoint, latent = parse_stem(path.stem)
-        if hookpoint not in cfg.hookpoints:
-            continue
-        if cfg.feature_num and latent not in cfg.feature_num:
-            continue
-        if cfg.max_latents and not cfg.feature_num and latent >= cfg.max_latents:
-            continue
-        if latent_range is not None and not latent_range[0] <= latent < latent_range[1]:
-            continue
-        records.append(LatentRecord.from_dict(read_json(path)))
-    records.sort(key=lambda r: (cfg.hookpoints.index(r.hookpoint), r.latent))
-    return records
+    """The current examples' records (see load_examples)."""
+    return [x.record for x in load_examples(cfg, examples_dir, latent_range)]
 
 
 # ------------------------------------------------------------------ explain & score
 
 
-class LLMWork:
-    """Explains and scores latents with one client, many latents in flight at once.
+@dataclass
+class ScoreOutcome:
+    """What this invocation's score files say about failures, for the end-of-stage line."""
 
-    The CLI explains and scores each latent back to back, so the server never idles
+    latents: int = 0
+    retries: int = 0
+    failed_batches: int = 0
+    errored: int = 0
+    incomplete: int = 0
+
+    def add(self, result: dict[str, Any]) -> None:
+        metrics = result.get("metrics") or {}
+        self.latents += 1
+        self.retries += int(metrics.get("n_retries") or 0)
+        self.failed_batches += int(metrics.get("n_failed_batches") or 0)
+        if result.get("error"):
+            self.errored += 1
+        elif result.get("incomplete"):
+            self.incomplete += 1
+
+
+@dataclass
+class LLMWork:
+    """Explains and/or scores latents with one client, many latents in flight at once.
+
+    `explain`: write missing or stale explanations into explanations_dir; otherwise only read
+    them (the pipeline's score step, where they are an input). `score`: write score files into
+    scores_dir. The CLI does both for each latent back to back, so the server never idles
     between the two stages; the pipeline runs them as separate steps.
     """
 
-    def __init__(
-        self,
-        cfg: RunConfig,
-        client: LLMClient,
-        examples_dir: Path,
-        explanations_dir: Path | None,
-        scores_dir: Path | None,
-    ) -> None:
+    cfg: RunConfig
+    client: LLMClient
+    examples_dir: Path
+    explanations_dir: Path
+    scores_dir: Path | None
+    explain: bool
+    prompts: Prompts = field(init=False)
+    explain_tally: prov.Tally = field(init=False)
+    score_tallies: dict[str, prov.Tally] = field(init=False)
+    explain_failures: dict[str, str] = field(default_factory=dict)
+    score_failures: dict[str, str] = field(default_factory=dict)
+    handled: set[str] = field(default_factory=set)
+    outcome: ScoreOutcome = field(default_factory=ScoreOutcome)
+    _scorers: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
         from autointerp_full.prompts import load_prompts
 
-        self.cfg = cfg
-        self.client = client
-        self.prompts: Prompts = load_prompts(cfg)
-        self.examples_dir = Path(examples_dir)
-        self.explanations_dir = Path(explanations_dir) if explanations_dir else None
-        self.scores_dir = Path(scores_dir) if scores_dir else None
-        self.failures: dict[str, str] = {}
-        self._scorers: dict[str, Any] = {}
+        self.prompts = load_prompts(self.cfg)
+        self.explain_tally = prov.Tally(EXPLAIN_STAGE)
+        self.score_tallies = {s: prov.Tally(f"score {s}") for s in self.cfg.scorers}
+
+    @property
+    def score(self) -> bool:
+        return self.scores_dir is not None
 
     # -- explanations
-    def explanation_path(self, record: LatentRecord) -> Path:
-        assert self.explanations_dir is not None
-        return self.explanations_dir / f"{latent_stem(record.hookpoint, record.latent)}.txt"
+    def explanation_inputs(self, item: LoadedExamples) -> dict[str, Any]:
+        return prov.explanation_inputs(self.cfg, self.prompts, item.fingerprint)
 
-    def existing_explanation(self, record: LatentRecord) -> str | None:
-        path = self.explanation_path(record)
-        return path.read_text(encoding="utf-8") if path.exists() else None
+    def read_explanation(self, record: LatentRecord) -> prov.Explanation | None:
+        text_path = layout.explanation_file(self.explanations_dir, record.hookpoint, record.latent)
+        if not text_path.exists():
+            return None
+        side = layout.explanation_provenance_file(
+            self.explanations_dir, record.hookpoint, record.latent
+        )
+        recorded = read_json(side) if side.exists() else {}
+        return prov.Explanation(
+            text_path.read_text(encoding="utf-8"), prov.recorded_fingerprint(recorded)
+        )
 
-    async def explain(self, record: LatentRecord) -> str | None:
+    def _recorded_explanation_inputs(self, record: LatentRecord) -> dict[str, Any] | None:
+        side = layout.explanation_provenance_file(
+            self.explanations_dir, record.hookpoint, record.latent
+        )
+        return prov.recorded_inputs(read_json(side)) if side.exists() else None
+
+    async def explanation(self, item: LoadedExamples) -> prov.Explanation | None:
+        """The latent's current explanation: reused, read, or written now (None if it failed)."""
+        record = item.record
+        stem = latent_stem(record.hookpoint, record.latent)
+        existing = self.read_explanation(record)
+        if self.cfg.effective_explainer == "none":
+            # Hand-made explanations are used as they are, whatever made them.
+            if existing is None and self.explain:
+                self.explain_failures[stem] = "--explainer none: no explanation on disk"
+            return existing
+        inputs = self.explanation_inputs(item)
+        fp = prov.fingerprint(inputs)
+        current = existing is not None and existing.fingerprint == fp
+        if not self.explain:
+            if current:
+                return existing
+            why = "missing" if existing is None else "made under another configuration"
+            self.score_failures[stem] = f"no explanation to score (explanation {why})"
+            return None
+        if current and "explanations" not in self.cfg.overwrite:
+            self.explain_tally.reuse()
+            return existing
+        reason = self._explain_reason(record, existing, inputs)
+        self.explain_tally.recompute(reason)
+        return await self._write_explanation(item, inputs)
+
+    def _explain_reason(
+        self, record: LatentRecord, existing: prov.Explanation | None, inputs: dict[str, Any]
+    ) -> str:
+        if "explanations" in self.cfg.overwrite and existing is not None:
+            return "--overwrite explanations"
+        if existing is None:
+            return prov.NEW
+        return prov.reason_changed(self._recorded_explanation_inputs(record), inputs)
+
+    async def _write_explanation(
+        self, item: LoadedExamples, inputs: dict[str, Any]
+    ) -> prov.Explanation | None:
         from autointerp_full.explainers import explain
 
-        existing = self.existing_explanation(record)
-        if existing is not None:
-            return existing
-        if self.cfg.effective_explainer == "none":
-            self.failures[latent_stem(record.hookpoint, record.latent)] = (
-                "--explainer none: no explanation on disk"
-            )
-            return None
+        record = item.record
+        stem = latent_stem(record.hookpoint, record.latent)
         result = await explain(record, self.client, self.prompts, self.cfg)
         if result.explanation is None:
-            self.failures[latent_stem(record.hookpoint, record.latent)] = result.error or "failed"
+            # The old explanation, if any, stays on disk; its fingerprint keeps it out of use.
+            self.explain_failures[stem] = result.error or "failed"
             return None
-        atomic_write_text(self.explanation_path(record), result.explanation)
-        return result.explanation
+        hp, latent = record.hookpoint, record.latent
+        # Text first: a kill between the two writes leaves the old fingerprint, so a rerun
+        # redoes this latent rather than trusting a text it cannot vouch for.
+        atomic_write_text(layout.explanation_file(self.explanations_dir, hp, latent),
+                          result.explanation)  # fmt: skip
+        side = {"hookpoint": hp, "latent": latent}
+        atomic_write_json(layout.explanation_provenance_file(self.explanations_dir, hp, latent),
+                          prov.stamp(side, inputs))  # fmt: skip
+        return prov.Explanation(result.explanation, prov.fingerprint(inputs))
 
     # -- scores
     def scorer(self, name: str) -> Any:
@@ -202,38 +353,89 @@ class LLMWork:
             self._scorers[name] = SCORERS[name](self.client, self.prompts, self.cfg)
         return self._scorers[name]
 
-    def score_path(self, scorer: str, record: LatentRecord) -> Path:
+    async def score_all(self, item: LoadedExamples, explanation: prov.Explanation | None) -> None:
+        await asyncio.gather(
+            *(self.score_one(name, item, explanation) for name in self.cfg.scorers)
+        )
+
+    async def score_one(
+        self, name: str, item: LoadedExamples, explanation: prov.Explanation | None
+    ) -> None:
         assert self.scores_dir is not None
-        return self.scores_dir / scorer / f"{latent_stem(record.hookpoint, record.latent)}.txt"
-
-    def scores_missing(self, record: LatentRecord) -> list[str]:
-        """Scorers with no result for this latent yet; a failed one is tried again."""
-        return [s for s in self.cfg.scorers if not self._scored(self.score_path(s, record))]
-
-    @staticmethod
-    def _scored(path: Path) -> bool:
-        return path.exists() and read_json(path).get("error") is None
-
-    async def score(self, record: LatentRecord, explanation: str | None) -> None:
-        async def one(name: str) -> None:
-            scorer = self.scorer(name)
-            if scorer.needs_explanation and explanation is None:
-                return
-            result = await scorer.score(record, explanation)
-            atomic_write_json(self.score_path(name, record), result)
-
-        await asyncio.gather(*(one(name) for name in self.scores_missing(record)))
-
-    async def explain_and_score(self, record: LatentRecord) -> None:
-        explanation = await self.explain(record) if self.explanations_dir else None
-        if self.scores_dir is not None:
-            await self.score(record, explanation)
-
-    def write_failures(self) -> None:
-        if self.explanations_dir is None:
+        record = item.record
+        scorer = self.scorer(name)
+        if scorer.needs_explanation and explanation is None:
+            stem = latent_stem(record.hookpoint, record.latent)
+            self.score_failures.setdefault(stem, "no explanation to score")
             return
-        path = self.explanations_dir / FAILURES_FILE
-        atomic_write_json(path, dict(sorted(self.failures.items())))
+        used = explanation if scorer.needs_explanation else None
+        inputs = prov.score_inputs(self.cfg, self.prompts, name, item.fingerprint, used)
+        path = layout.score_file(self.scores_dir, name, record.hookpoint, record.latent)
+        old = _read_score(path)
+        previous, reason = self._score_decision(old, inputs)
+        tally = self.score_tallies[name]
+        if reason is None:
+            tally.reuse()
+            return
+        tally.recompute(reason)
+        text = used.text if used is not None else None
+        result = await scorer.score(record, text, previous=previous)
+        atomic_write_json(path, prov.stamp(result, inputs))
+        self.outcome.add(result)
+
+    def _score_decision(
+        self, old: dict[str, Any] | None, inputs: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """(previous result to complete, reason to score) — reason None: the file is done."""
+        if old is None:
+            return None, prov.NEW
+        if "scores" in self.cfg.overwrite:
+            return None, "--overwrite scores"
+        if prov.recorded_fingerprint(old) != prov.fingerprint(inputs):
+            return None, prov.reason_changed(prov.recorded_inputs(old), inputs)
+        if old.get("error"):
+            return old, "failed before"
+        if old.get("incomplete"):
+            return old, "incomplete before"
+        return None, None
+
+    async def run_one(self, item: LoadedExamples) -> None:
+        explanation = await self.explanation(item)
+        self.handled.add(latent_stem(item.record.hookpoint, item.record.latent))
+        if self.score:
+            await self.score_all(item, explanation)
+
+    # -- bookkeeping
+    def write_failures(self) -> None:
+        if self.explain:
+            _update_failures(self.explanations_dir, self.handled, self.explain_failures)
+        if self.scores_dir is not None:
+            _update_failures(self.scores_dir, self.handled, self.score_failures)
+
+    def log_tallies(self) -> None:
+        if self.explain:
+            self.explain_tally.log()
+        if self.score:
+            for tally in self.score_tallies.values():
+                tally.log()
+
+
+def _read_score(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return None  # a file no one can read is simply redone
+    return data if isinstance(data, dict) else None
+
+
+def _update_failures(folder: Path, handled: set[str], failures: dict[str, str]) -> None:
+    """Keep other latents' entries; this invocation's latents get their new outcome."""
+    path = layout.failures_file(folder)
+    old = read_json(path) if path.exists() else {}
+    kept = {k: v for k, v in old.items() if k not in handled}
+    atomic_write_json(path, dict(sorted({**kept, **failures}.items())))
 
 
 async def run_bounded(
@@ -253,12 +455,26 @@ async def run_bounded(
     await asyncio.gather(*(worker() for _ in range(max(1, limit))))
 
 
-def record_usage(folder: Path, client: LLMClient, seconds: float) -> None:
-    """Add this invocation's token usage (per stage: explain, detection, ...) to the totals
-    kept beside the stage's outputs, so a resumed run reports the whole run's usage."""
-    path = Path(folder) / USAGE_FILE
+def split_usage(
+    usage: dict[str, dict[str, Any]], explain: bool, score: bool
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(explain usage, score usage) of one client: the explainer records under EXPLAIN_STAGE,
+    each scorer under its own name. A client that did only one stage's work gives it all."""
+    if not score:
+        return usage, {}
+    if not explain:
+        return {}, usage
+    explain_part = {k: v for k, v in usage.items() if k == EXPLAIN_STAGE}
+    score_part = {k: v for k, v in usage.items() if k != EXPLAIN_STAGE}
+    return explain_part, score_part
+
+
+def record_usage(folder: Path, usage: dict[str, dict[str, Any]], seconds: float) -> None:
+    """Add this invocation's token usage (per client stage: explain, detection, ...) to the totals
+    kept in the stage's own folder, so a resumed run reports the whole run's usage."""
+    path = layout.usage_file(folder)
     totals: dict[str, Any] = read_json(path) if path.exists() else {}
-    for stage, counts in client.usage.as_dict().items():
+    for stage, counts in usage.items():
         entry = totals.setdefault(stage, {})
         for key, value in counts.items():
             if isinstance(value, (int, float)):
@@ -271,67 +487,87 @@ async def llm_stages_async(
     cfg: RunConfig,
     client: LLMClient,
     examples_dir: Path,
-    explanations_dir: Path | None,
+    explanations_dir: Path,
     scores_dir: Path | None,
     latent_range: LatentRange = None,
-) -> None:
-    """Explain and/or score every selected latent that still lacks its outputs."""
-    work = LLMWork(cfg, client, examples_dir, explanations_dir, scores_dir)
-    if scores_dir is not None and "scores" in cfg.overwrite:
-        for scorer in cfg.scorers:
-            for path in (Path(scores_dir) / scorer).glob("*.txt"):
-                path.unlink()
-    records = load_records(cfg, examples_dir, latent_range)
-
-    def pending(r: LatentRecord) -> bool:
-        if explanations_dir is not None and work.existing_explanation(r) is None:
-            return True
-        return scores_dir is not None and bool(work.scores_missing(r))
-
-    todo = [r for r in records if pending(r)]
-    what = " and ".join(
-        name for name, d in (("explain", explanations_dir), ("score", scores_dir)) if d
-    )
-    log.info("%s: %d latents to do, %d already done", what, len(todo), len(records) - len(todo))
-    if not todo:
-        return
+    *,
+    explain: bool = True,
+) -> LLMWork:
+    """Explain (when `explain`) and/or score (when scores_dir is given) every selected latent,
+    reusing whatever is current; each stage's usage and failures go to its own folder."""
+    work = LLMWork(cfg, client, Path(examples_dir), Path(explanations_dir),
+                   Path(scores_dir) if scores_dir is not None else None, explain)  # fmt: skip
+    items = load_examples(cfg, examples_dir, latent_range)
+    what = " and ".join(n for n, on in (("explain", explain), ("score", work.score)) if on)
+    log.info("%s: %d latents with examples", what, len(items))
     # Enough latents in flight to keep every request slot busy.
     limit = max(2, cfg.max_concurrent_requests)
     start = time.perf_counter()
-    with Progress(len(todo), what, "latent") as progress:
-        try:
-            await run_bounded(todo, work.explain_and_score, limit, progress)
-        finally:
-            work.write_failures()
-    elapsed = time.perf_counter() - start
-    log.info(
-        "%s: %d latents in %.1fs (%.1f latents/min)",
-        what,
-        len(todo),
-        elapsed,
-        60 * len(todo) / max(elapsed, 1e-9),
-    )
-    # The usage lands beside the first output the invocation wrote.
-    folder = explanations_dir if explanations_dir is not None else scores_dir
-    record_usage(Path(folder), client, elapsed)
+    try:
+        with Progress(len(items), what, "latent") as progress:
+            await run_bounded(items, work.run_one, limit, progress)
+    finally:
+        work.write_failures()
+        elapsed = time.perf_counter() - start
+        explain_usage, score_usage = split_usage(client.usage.as_dict(), explain, work.score)
+        if explain:
+            record_usage(work.explanations_dir, explain_usage, elapsed)
+        if work.scores_dir is not None:
+            record_usage(work.scores_dir, score_usage, elapsed)
+    work.log_tallies()
+    _log_failures(work, explain_usage, score_usage)
+    log.info("%s: %d latents in %.1fs", what, len(items), elapsed)
+    return work
 
 
-def _run_llm_stage(
+def _log_failures(
+    work: LLMWork, explain_usage: dict[str, dict[str, Any]], score_usage: dict[str, dict[str, Any]]
+) -> None:
+    """One line per LLM stage: retries, failed batches and failed latents."""
+
+    def request_retries(usage: dict[str, dict[str, Any]]) -> int:
+        return sum(int(v.get("retries", 0)) for v in usage.values() if isinstance(v, dict))
+
+    if work.explain:
+        log.info(
+            "explain: %d request retries, %d latents failed (listed in %s)",
+            request_retries(explain_usage),
+            len(work.explain_failures),
+            layout.failures_file(work.explanations_dir),
+        )
+    if work.score:
+        o = work.outcome
+        log.info(
+            "score: %d score files written; %d answer retries, %d request retries, %d failed "
+            "batches, %d failed latents (%d errored, %d incomplete), %d latents without an "
+            "explanation",
+            o.latents,
+            o.retries,
+            request_retries(score_usage),
+            o.failed_batches,
+            o.errored + o.incomplete,
+            o.errored,
+            o.incomplete,
+            len(work.score_failures),
+        )
+
+
+def _run_llm(
     cfg: RunConfig,
     stage: str,
     examples_dir: Path,
-    explanations_dir: Path | None,
+    explanations_dir: Path,
     scores_dir: Path | None,
     latent_range: LatentRange,
+    explain: bool,
 ) -> None:
     from autointerp_full.llm import make_client
 
     async def main() -> None:
         client = make_client(cfg, stage)
         try:
-            await llm_stages_async(
-                cfg, client, examples_dir, explanations_dir, scores_dir, latent_range
-            )
+            await llm_stages_async(cfg, client, examples_dir, explanations_dir, scores_dir,
+                                   latent_range, explain=explain)  # fmt: skip
         finally:
             await client.aclose()
 
@@ -342,7 +578,7 @@ def explain_stage(
     cfg: RunConfig, examples_dir: Path, explanations_dir: Path, latent_range: LatentRange = None
 ) -> Path:
     Path(explanations_dir).mkdir(parents=True, exist_ok=True)
-    _run_llm_stage(cfg, "explain", examples_dir, explanations_dir, None, latent_range)
+    _run_llm(cfg, EXPLAIN_STAGE, examples_dir, explanations_dir, None, latent_range, True)
     return Path(explanations_dir)
 
 
@@ -353,16 +589,28 @@ def score_stage(
     scores_dir: Path,
     latent_range: LatentRange = None,
 ) -> Path:
-    """Score latents; explanations are read from `explanations_dir`, never written here."""
+    """Score latents; explanations are read from `explanations_dir`, never written there."""
     Path(scores_dir).mkdir(parents=True, exist_ok=True)
-    read_only = cfg_with(cfg, explainer="none")
-    _run_llm_stage(read_only, "score", examples_dir, explanations_dir, scores_dir, latent_range)
+    _run_llm(cfg, "score", examples_dir, explanations_dir, scores_dir, latent_range, False)
     return Path(scores_dir)
 
 
-def cfg_with(cfg: RunConfig, **changes: Any) -> RunConfig:
-    import dataclasses
+def explain_and_score_stage(
+    cfg: RunConfig,
+    examples_dir: Path,
+    explanations_dir: Path,
+    scores_dir: Path,
+    latent_range: LatentRange = None,
+) -> tuple[Path, Path]:
+    """The CLI's explain and score: each latent is scored as soon as it is explained, through one
+    client; the usage is still split, explain's into explanations/ and score's into scores/."""
+    Path(explanations_dir).mkdir(parents=True, exist_ok=True)
+    Path(scores_dir).mkdir(parents=True, exist_ok=True)
+    _run_llm(cfg, EXPLAIN_STAGE, examples_dir, explanations_dir, scores_dir, latent_range, True)
+    return Path(explanations_dir), Path(scores_dir)
 
+
+def cfg_with(cfg: RunConfig, **changes: Any) -> RunConfig:
     return dataclasses.replace(cfg, **changes)
 
 
@@ -372,38 +620,37 @@ def cfg_with(cfg: RunConfig, **changes: Any) -> RunConfig:
 def report_stage(cfg: RunConfig, run_dir: Path) -> Path:
     from autointerp_full.report import write_summary
 
-    run_dir = Path(run_dir)
-    # Keyed by the folder the usage was recorded in: the CLI records both stages together in
-    # explanations/, the pipeline's steps record their own.
+    run = layout.RunLayout(Path(run_dir))
     usage: dict[str, Any] = {}
-    for folder in ("explanations", "scores"):
-        path = run_dir / folder / USAGE_FILE
+    for stage, folder in (("explain", run.explanations), ("score", run.scores)):
+        path = layout.usage_file(folder)
         if path.exists():
-            usage[folder] = read_json(path)
-    write_summary(run_dir, cfg, extra={"llm_usage": usage})
+            usage[stage] = read_json(path)
+    write_summary(run.root, cfg, extra={"llm_usage": usage})
     if cfg.enable_visualization:
         from autointerp_full.report import write_html_report
 
-        write_html_report(run_dir, cfg)
-    return run_dir / "summary.json"
+        write_html_report(run.root, cfg)
+    return run.summary
 
 
 def dump_config(cfg: RunConfig, run_dir: Path) -> Path:
     """Write run_config.json (no secrets); an earlier, different one is kept beside it."""
-    path = Path(run_dir) / "run_config.json"
+    run = layout.RunLayout(Path(run_dir))
+    path = run.run_config
     new = cfg.public_dict()
     if path.exists():
         old = read_json(path)
         if old != new:
             n = 1
-            while (Path(run_dir) / f"run_config.{n}.json").exists():
+            while run.old_run_config(n).exists():
                 n += 1
-            path.rename(Path(run_dir) / f"run_config.{n}.json")
+            path.rename(run.old_run_config(n))
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             log.info(
-                "configuration changed (%s); previous kept as run_config.%d.json",
+                "configuration changed (%s); previous kept as %s",
                 ", ".join(changed),
-                n,
+                run.old_run_config(n).name,
             )
     atomic_write_json(path, new)
     return path
@@ -414,7 +661,10 @@ __all__ = [
     "examples_stage",
     "explain_stage",
     "score_stage",
+    "explain_and_score_stage",
     "report_stage",
     "dump_config",
+    "load_examples",
+    "load_records",
     "select_latents",
 ]

@@ -140,7 +140,7 @@ def config_from_json(config: str) -> RunConfig:
 
 def plan_ranges(config: str, num_latents: int, shard_size: int) -> list[list[int]]:
     """Split the selected latents into [start, end) ranges of at most `shard_size` latents."""
-    from autointerp_full.stages import select_latents
+    from autointerp_full.layout import select_latents
 
     if shard_size < 1:
         raise UserError(f"shard_size: must be >= 1 (got {shard_size})")
@@ -195,6 +195,7 @@ def run_plan(config: str, cache_uris: list[str], shard_size: int) -> list[dict[s
     output of an earlier loop, and kfp.local mishandles other task outputs fed into a loop.
     """
     from autointerp_full import s3
+    from autointerp_full.cache.format import CONFIG_FILE
     from autointerp_full.io import read_json
     from autointerp_full.schemas import validate_artifact
 
@@ -204,11 +205,11 @@ def run_plan(config: str, cache_uris: list[str], shard_size: int) -> list[dict[s
         for i, uri in enumerate(cache_uris):
             if s3.is_remote(uri):
                 names = [n for n in s3.list_objects(uri) if n.count("/") == 1
-                         and n.endswith("/config.json")]  # fmt: skip
+                         and n.endswith(f"/{CONFIG_FILE}")]  # fmt: skip
                 s3.download_objects(uri, names, tmp / str(i))
                 configs = [tmp / str(i) / n for n in names]
             else:
-                configs = sorted(Path(uri).glob("*/config.json"))
+                configs = sorted(Path(uri).glob(f"*/{CONFIG_FILE}"))
             for path in configs:
                 validate_artifact("cache", path)
                 counts.append(int(read_json(path)["num_latents"]))
@@ -224,7 +225,7 @@ def run_examples(
 ) -> dict[str, Any]:
     """Fetch the cache shards covering `latent_range` from every hookpoint's cache and build
     the examples of those latents."""
-    from autointerp_full import s3
+    from autointerp_full import layout, s3
     from autointerp_full.schemas import validate_artifact
     from autointerp_full.stages import examples_stage
 
@@ -234,14 +235,14 @@ def run_examples(
     # Co-occurrence neighbours compare every latent, so that source needs every shard.
     wanted = None if cfg.non_activating_source == "neighbours" else (start, end)
     with scratch_dir() as tmp:
-        latents_dir = tmp / "latents"
+        latents_dir = tmp / layout.LATENTS
         fetched = []
         for uri in cache_uris:
             fetched += s3.fetch_cache(uri, latents_dir, wanted)
         validate_artifact("cache", latents_dir)
         examples_stage(cfg, latents_dir, Path(examples_path), (start, end))
     validate_artifact("examples", Path(examples_path))
-    built = len(list(Path(examples_path).glob("*_latent_*.json")))
+    built = len(list(layout.latent_files(Path(examples_path), layout.EXAMPLE_EXT)))
     return {"latent_range": [start, end], "latents_built": built, "objects_fetched": len(fetched)}
 
 
@@ -271,7 +272,7 @@ def run_explain(
     explanations_path: str,
     serve_in_step: bool,
 ) -> dict[str, Any]:
-    from autointerp_full import s3
+    from autointerp_full import layout, s3
     from autointerp_full.schemas import validate_artifact
     from autointerp_full.stages import explain_stage
 
@@ -283,7 +284,8 @@ def run_explain(
         with llm_config(cfg, serve_in_step) as run_cfg:
             explain_stage(run_cfg, examples, Path(explanations_path), _range(latent_range))
     validate_artifact("explanations", Path(explanations_path))
-    return {"explanations": len(list(Path(explanations_path).glob("*_latent_*.txt")))}
+    found = layout.latent_files(Path(explanations_path), layout.EXPLANATION_EXT)
+    return {"explanations": len(list(found))}
 
 
 def run_score(
@@ -296,7 +298,7 @@ def run_score(
     scores_path: str,
     serve_in_step: bool,
 ) -> dict[str, Any]:
-    from autointerp_full import s3
+    from autointerp_full import layout, s3
     from autointerp_full.schemas import validate_artifact
     from autointerp_full.stages import score_stage
 
@@ -310,7 +312,11 @@ def run_score(
         with llm_config(cfg, serve_in_step) as run_cfg:
             score_stage(run_cfg, examples, explanations, Path(scores_path), _range(latent_range))
     validate_artifact("scores", Path(scores_path))
-    return {"score_files": len(list(Path(scores_path).glob("*/*_latent_*.txt")))}
+    n = sum(
+        len(list(layout.latent_files(folder, layout.SCORE_EXT)))
+        for folder in layout.scorer_dirs(Path(scores_path))
+    )
+    return {"score_files": n}
 
 
 def _range(latent_range: list[int]) -> tuple[int, int]:
@@ -321,34 +327,61 @@ def _range(latent_range: list[int]) -> tuple[int, int]:
 # ------------------------------------------------------------------------ report
 
 
+def _add_numbers(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Usage totals: numbers add, nested counters merge."""
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(a.get(key), dict):
+            _add_numbers(a[key], value)
+        elif isinstance(value, (int, float)) and isinstance(a.get(key), (int, float)):
+            a[key] = a[key] + value
+        else:
+            a[key] = value
+    return a
+
+
+def _merge_skipped(a: dict[str, Any], b: dict[str, Any], where: Path) -> dict[str, Any]:
+    """The examples index: each shard built its own latents with the same fingerprint."""
+    for hookpoint, entry in b.items():
+        mine = a.get(hookpoint)
+        if not isinstance(mine, dict):
+            a[hookpoint] = entry
+            continue
+        if mine.get("fingerprint") != entry.get("fingerprint"):
+            raise UserError(
+                f"{where}: the shards' examples of {hookpoint} were built under different "
+                "configurations (their fingerprints differ)"
+            )
+        mine["skipped"] = {**mine.get("skipped", {}), **entry.get("skipped", {})}
+    return a
+
+
 def _merge_json(target: Path, source: Path) -> None:
-    """Merge dict-of-dicts JSON files (skipped.json, failures.json, .usage.json); numbers add."""
+    """Merge one shard's bookkeeping file into the assembled one."""
+    from autointerp_full import layout
     from autointerp_full.io import atomic_write_json, read_json
 
     merged = read_json(target) if target.exists() else {}
-
-    def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-        for key, value in b.items():
-            if isinstance(value, dict) and isinstance(a.get(key), dict):
-                merge(a[key], value)
-            elif isinstance(value, (int, float)) and isinstance(a.get(key), (int, float)):
-                a[key] = a[key] + value
-            else:
-                a[key] = value
-        return a
-
-    atomic_write_json(target, merge(merged, read_json(source)))
+    incoming = read_json(source)
+    if target.name == layout.USAGE:
+        merged = _add_numbers(merged, incoming)
+    elif target.name == layout.SKIPPED:
+        merged = _merge_skipped(merged, incoming, source)
+    else:  # failures: {stem: message}, each latent in one shard
+        merged.update(incoming)
+    atomic_write_json(target, merged)
 
 
 def assemble(parts: list[Path], target: Path) -> None:
     """Link the files of several shard artifacts into one folder, merging bookkeeping JSON."""
+    from autointerp_full import layout
+
     target.mkdir(parents=True, exist_ok=True)
     for part in parts:
         for file in sorted(p for p in part.rglob("*") if p.is_file()):
             rel = file.relative_to(part)
             dest = target / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if file.name in ("skipped.json", "failures.json", ".usage.json"):
+            if file.name in layout.BOOKKEEPING and file.parent == part:
                 _merge_json(dest, file)
             elif not dest.exists():
                 dest.symlink_to(file.resolve())
@@ -398,33 +431,34 @@ def run_report(
     """
     from autointerp_full import s3
     from autointerp_full.io import atomic_write_text, read_json
+    from autointerp_full.layout import RunLayout
     from autointerp_full.schemas import validate_artifact
     from autointerp_full.stages import dump_config, report_stage
 
     _setup()
     cfg = config_from_json(config)
     with scratch_dir() as tmp:
-        run_dir = tmp / "run"
+        run = RunLayout(tmp / "run")
         for kind, folder, pairs in (
-            ("examples", "examples", examples),
-            ("explanations", "explanations", explanations),
-            ("scores", "scores", scores),
+            ("examples", run.examples, examples),
+            ("explanations", run.explanations, explanations),
+            ("scores", run.scores, scores),
         ):
             parts = []
             for i, (uri, path) in enumerate(pairs):
-                local = s3.ensure_local(uri, path, tmp / "in" / folder / str(i))
+                local = s3.ensure_local(uri, path, tmp / "in" / folder.name / str(i))
                 validate_artifact(kind, local)
                 parts.append(local)
-            assemble(parts, run_dir / folder)
-        dump_config(cfg, run_dir)
-        summary_file = report_stage(cfg, run_dir)
+            assemble(parts, folder)
+        dump_config(cfg, run.root)
+        summary_file = report_stage(cfg, run.root)
         validate_artifact("summary", summary_file)
         out = Path(summary_path)
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(summary_file, out / "summary.json")
-        shutil.copy2(run_dir / "run_config.json", out / "run_config.json")
+        shutil.copy2(summary_file, out / run.summary.name)
+        shutil.copy2(run.run_config, out / run.run_config.name)
         summary = read_json(summary_file)
-        html = run_dir / "report" / "index.html"
+        html = run.report_html
         if html.exists():
             shutil.copy2(html, html_path)
         else:

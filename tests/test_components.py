@@ -56,6 +56,14 @@ def score(scorer: str = "detection", latent: int = 7) -> dict:
             "metrics": {"accuracy": 1.0}, "error": None}  # fmt: skip
 
 
+FP = "0" * 64
+
+
+def index_entry(skipped: dict[str, int]) -> dict:
+    """One hookpoint's entry of examples/skipped.json."""
+    return {"fingerprint": FP, "inputs": {"seed": 1}, "skipped": skipped}
+
+
 def write_cache(folder: Path, **changes: object) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tokens.safetensors").write_bytes(b"x")
@@ -96,6 +104,9 @@ def test_examples_explanations_scores_summary(tmp_path: Path) -> None:
     ex.mkdir()
     (ex / "layers.1_latent_7.json").write_text(json.dumps(record()))
     (ex / "skipped.json").write_text(json.dumps({"layers.1": {"3": 1}}))
+    with pytest.raises(UserError, match="skipped schema"):  # the format before fingerprints
+        validate_artifact("examples", ex)
+    (ex / "skipped.json").write_text(json.dumps({"layers.1": index_entry({"3": 1})}))
     validate_artifact("examples", ex)
     (ex / "layers.1_latent_8.json").write_text(json.dumps(record(latent=9)))
     with pytest.raises(UserError, match="its name says 'layers.1' latent 8"):
@@ -108,6 +119,15 @@ def test_examples_explanations_scores_summary(tmp_path: Path) -> None:
     xp.mkdir()
     (xp / "layers.1_latent_7.txt").write_text("fires on cats")
     (xp / "failures.json").write_text("{}")
+    validate_artifact("explanations", xp)
+    (xp / "provenance").mkdir()
+    side = xp / "provenance" / "layers.1_latent_7.json"
+    side.write_text(json.dumps({"hookpoint": "layers.1", "latent": 7, "fingerprint": "ab",
+                                "inputs": {}}))  # fmt: skip
+    with pytest.raises(UserError, match="provenance schema at fingerprint"):
+        validate_artifact("explanations", xp)
+    side.write_text(json.dumps({"hookpoint": "layers.1", "latent": 7, "fingerprint": FP,
+                                "inputs": {}}))  # fmt: skip
     validate_artifact("explanations", xp)
     (xp / "layers.1_latent_8.txt").write_text("")
     with pytest.raises(UserError, match="explanation schema at explanation"):
@@ -253,8 +273,10 @@ def test_assemble_links_files_and_merges_bookkeeping(tmp_path: Path) -> None:
         part = tmp_path / f"part{i}"
         part.mkdir()
         (part / f"layers.1_latent_{latent}.json").write_text(json.dumps(record(latent=latent)))
-        (part / "skipped.json").write_text(json.dumps({"layers.1": {str(latent + 1): 0}}))
+        skipped = {"layers.1": index_entry({str(latent + 1): 0})}
+        (part / "skipped.json").write_text(json.dumps(skipped))
         (part / ".usage.json").write_text(json.dumps({"explain": {"requests": 2}}))
+        (part / "failures.json").write_text(json.dumps({f"layers.1_latent_{latent}": "x"}))
         parts.append(part)
     target = tmp_path / "run" / "examples"
     assemble(parts, target)
@@ -262,6 +284,20 @@ def test_assemble_links_files_and_merges_bookkeeping(tmp_path: Path) -> None:
         "layers.1_latent_12.json",
         "layers.1_latent_3.json",
     ]
-    assert json.loads((target / "skipped.json").read_text()) == {"layers.1": {"4": 0, "13": 0}}
+    # Skips are united, the fingerprint and inputs kept as they are (numbers do not add).
+    assert json.loads((target / "skipped.json").read_text()) == {
+        "layers.1": index_entry({"4": 0, "13": 0})
+    }
     assert json.loads((target / ".usage.json").read_text()) == {"explain": {"requests": 4}}
+    assert json.loads((target / "failures.json").read_text()) == {
+        "layers.1_latent_3": "x",
+        "layers.1_latent_12": "x",
+    }
     validate_artifact("examples", target)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    entry = {**index_entry({"20": 0}), "fingerprint": "1" * 64}
+    (other / "skipped.json").write_text(json.dumps({"layers.1": entry}))
+    with pytest.raises(UserError, match="different configurations"):
+        assemble([*parts, other], tmp_path / "run2")

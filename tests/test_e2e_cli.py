@@ -170,6 +170,14 @@ def test_explainer_none_reuses_explanations(
     assert record["explanation"] == "hand-written explanation"
 
 
+def explains_but_cannot_score(request: dict) -> str:
+    """Explanations come back well formed; every scorer answer is unreadable."""
+    system = " ".join(m["content"] for m in request["messages"] if m["role"] == "system")
+    if "[EXPLANATION]" in system:
+        return "[EXPLANATION]: common short words such as 'the'"
+    return "I cannot answer that."
+
+
 def test_failed_scores_are_retried_on_rerun(
     tmp_path, seeded_cache, tiny_model_dir, tiny_sae_dir, tiny_corpus
 ):
@@ -178,12 +186,21 @@ def test_failed_scores_are_retried_on_rerun(
         args = base_args(tiny_model_dir, tiny_sae_dir, tiny_corpus, tmp_path, bad.url)
         assert main([*args, "--name", "f", "--scorers", "detection", "--explainer", "none"]) == 0
     assert not stems(run / "explanations")  # nothing to reuse, so nothing scored
-    with ScriptedLLMServer(lambda req: "I cannot answer that.") as bad:
+    with ScriptedLLMServer(explains_but_cannot_score) as bad:
         args = base_args(tiny_model_dir, tiny_sae_dir, tiny_corpus, tmp_path, bad.url)
         assert main([*args, "--name", "f", "--scorers", "detection"]) == 0
     failed = sorted((run / "scores" / "detection").glob("*.txt"))
-    assert failed and all(json.loads(p.read_text())["error"] for p in failed)
+    assert failed
+    for path in failed:
+        data = json.loads(path.read_text())
+        assert data["error"] or data["incomplete"], data
+    explained = {p: p.stat().st_mtime_ns for p in (run / "explanations").glob("*.txt")}
     with ScriptedLLMServer(interp_responder) as good:
         args = base_args(tiny_model_dir, tiny_sae_dir, tiny_corpus, tmp_path, good.url)
         assert main([*args, "--name", "f", "--scorers", "detection"]) == 0
-    assert all(json.loads(p.read_text())["error"] is None for p in failed)
+        systems = [r["messages"][0]["content"] for r in good.requests]
+    assert not any("[EXPLANATION]" in s for s in systems), "explanations were asked again"
+    for path in failed:
+        data = json.loads(path.read_text())
+        assert data["error"] is None and not data["incomplete"], data
+    assert {p: p.stat().st_mtime_ns for p in explained} == explained

@@ -23,6 +23,7 @@ from autointerp_full.examples.non_activating import (
 from autointerp_full.examples.samplers import latent_rng, sample_train_test
 from autointerp_full.examples.types import NON_ACTIVATING, Example, LatentRecord
 from autointerp_full.examples.windows import LatentActivations, activating_windows, to_numpy
+from autointerp_full.layout import neighbours_dir, select_latents
 from autointerp_full.logs import Progress
 
 log = logging.getLogger(__name__)
@@ -320,7 +321,7 @@ class ExampleBuilder:
             tokenizer = load_tokenizer(str(config.get("model") or cfg.model), cfg.token)
         self.decoder = _decoder(tokenizer)
         self.latents = latents
-        self.cache_dir = Path(examples_dir).parent / "neighbours" if examples_dir else None
+        self.cache_dir = neighbours_dir(Path(examples_dir)) if examples_dir else None
         self._extras = {
             "sparse_coder": sparse_coder,
             "embedder": embedder,
@@ -334,8 +335,6 @@ class ExampleBuilder:
         if self._source is None:
             latents = self.latents
             if latents is None:
-                from autointerp_full.stages import select_latents
-
                 latents = select_latents(self.cfg, self.reader.num_latents)
             self._source = make_non_activating_source(
                 self.cfg,

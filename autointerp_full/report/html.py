@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autointerp_full.io import atomic_write_text, read_json
+from autointerp_full.layout import RunLayout
 from autointerp_full.report.plots import (
     firing_rate_figure,
     headline,
@@ -21,13 +22,7 @@ from autointerp_full.report.plots import (
     roc_figure,
     score_distribution_figure,
 )
-from autointerp_full.report.summary import (
-    aggregate,
-    example_keys,
-    load_explanation_failures,
-    load_explanations,
-    load_scores,
-)
+from autointerp_full.report.summary import aggregate, load_run
 from autointerp_full.scorers import HEADLINE_METRIC
 
 if TYPE_CHECKING:
@@ -142,19 +137,16 @@ def latent_section(
 def write_html_report(run_dir: Path, cfg: RunConfig, max_examples: int = 10) -> Path:
     """Write run_dir/report/index.html; needs plotly (the 'visualize' extra)."""
     plotly_go()  # fail before doing any work when plotly is missing
-    run_dir = Path(run_dir)
-    scores = load_scores(run_dir)
-    explanations = load_explanations(run_dir)
-    failures = load_explanation_failures(run_dir)
-    keys = sorted(
-        set(example_keys(run_dir)) | set(explanations) | {k for s in scores.values() for k in s}
-    )
+    run = RunLayout(Path(run_dir))
+    view = load_run(run.root, cfg)  # the current artifacts only
+    scores, explanations, failures = view.scores, view.explanations, view.explanation_failures
+    keys = sorted(set(view.examples) | set(explanations) | {k for s in scores.values() for k in s})
 
     records: dict[LatentKey, dict[str, Any]] = {}
-    for hookpoint, latent in keys:
-        path = run_dir / "examples" / f"{hookpoint}_latent_{latent}.json"
-        if path.exists():
-            records[(hookpoint, latent)] = read_json(path)
+    for key in keys:
+        path = view.examples.get(key)
+        if path is not None:
+            records[key] = read_json(path)
     firing_rates = {
         k: float(r["firing_rate"]) for k, r in records.items() if r.get("firing_rate", 0) > 0
     }
@@ -192,7 +184,7 @@ def write_html_report(run_dir: Path, cfg: RunConfig, max_examples: int = 10) -> 
             )
         )
     parts.append("</body></html>")
-    path = run_dir / "report" / "index.html"
+    path = run.report_html
     atomic_write_text(path, "\n".join(parts))
     log.info("HTML report: %s (%d latents)", path, len(keys))
     return path

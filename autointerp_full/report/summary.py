@@ -7,9 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autointerp_full import layout
+from autointerp_full import provenance as prov
+from autointerp_full.cache.format import CONFIG_FILE as CACHE_CONFIG
 from autointerp_full.io import atomic_write_json, read_json
 from autointerp_full.scorers import BINARY_SCORERS, HEADLINE_METRIC
 from autointerp_full.scorers.base import binary_metrics
@@ -19,75 +23,163 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LatentKey = tuple[str, int]
+LatentKey = layout.LatentKey
 # Count-like metrics are summed over latents; every other number is averaged.
-COUNT_METRICS = ("n", "n_failed", "n_batches", "n_failed_batches", "n_length_mismatch")
-EXPLANATION_FAILURES = "failures.json"
+COUNT_METRICS = (
+    "n",
+    "n_failed",
+    "n_batches",
+    "n_failed_batches",
+    "n_retries",
+    "n_length_mismatch",
+)
 
 
-def parse_stem(stem: str) -> LatentKey | None:
-    """('layers.16', 7) from 'layers.16_latent_7'; None for files that are not per-latent."""
-    hookpoint, sep, latent = stem.rpartition("_latent_")
-    if not sep or not latent.isdigit():
-        return None
-    return hookpoint, int(latent)
+@dataclass
+class RunView:
+    """The artifacts of a run folder that belong to the current configuration and latent
+    selection (their fingerprints match what `cfg` gives), and how many files were left out."""
+
+    examples: dict[LatentKey, Path] = field(default_factory=dict)
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
+    explanations: dict[LatentKey, str] = field(default_factory=dict)
+    explanation_failures: dict[LatentKey, str] = field(default_factory=dict)
+    scores: dict[str, dict[LatentKey, dict[str, Any]]] = field(default_factory=dict)
+    # Files on disk of another configuration (or of latents no longer selected), per stage.
+    left_out: dict[str, int] = field(
+        default_factory=lambda: {"examples": 0, "explanations": 0, "scores": 0}
+    )
 
 
-def load_scores(run_dir: Path) -> dict[str, dict[LatentKey, dict[str, Any]]]:
-    """{scorer: {(hookpoint, latent): score file}} for every scorer folder under scores/.
+def _examples_fingerprints(
+    run: layout.RunLayout, cfg: RunConfig, index: dict[str, prov.ExamplesEntry]
+) -> dict[str, str | None]:
+    """The examples fingerprint each hookpoint has under `cfg`. The cache is taken from its
+    config.json when the run folder holds it (the CLI), else as the examples recorded it (the
+    pipeline's report step, which gets no cache)."""
+    out: dict[str, str | None] = {}
+    for hookpoint in cfg.hookpoints:
+        config_path = run.cache(hookpoint) / CACHE_CONFIG
+        entry = index.get(hookpoint)
+        if config_path.is_file():
+            cache = prov.cache_ref(read_json(config_path))
+        elif entry is not None and entry.inputs is not None and "cache" in entry.inputs:
+            cache = entry.inputs["cache"]
+        else:
+            out[hookpoint] = None
+            continue
+        out[hookpoint] = prov.fingerprint(prov.examples_inputs(cfg, cache))
+    return out
 
-    An unreadable file (say, a run killed by hand mid-write before writes were atomic) is
-    logged and counted as a failed latent rather than stopping the report."""
-    out: dict[str, dict[LatentKey, dict[str, Any]]] = {}
-    scores_dir = Path(run_dir) / "scores"
-    if not scores_dir.is_dir():
-        return out
-    for folder in sorted(p for p in scores_dir.iterdir() if p.is_dir()):
+
+def load_run(run_dir: Path, cfg: RunConfig) -> RunView:
+    """The current artifacts of `run_dir` (see RunView)."""
+    from autointerp_full.prompts import load_prompts
+
+    run = layout.RunLayout(Path(run_dir))
+    view = RunView()
+    index = prov.read_examples_index(layout.skipped_file(run.examples))
+    expected = _examples_fingerprints(run, cfg, index)
+    for hookpoint, fp in expected.items():
+        entry = index.get(hookpoint)
+        if fp is not None and entry is not None and entry.fingerprint == fp:
+            view.skipped[hookpoint] = {
+                k: n for k, n in entry.skipped.items() if layout.is_selected(cfg, hookpoint, int(k))
+            }
+    example_fp: dict[LatentKey, str] = {}
+    for path, hookpoint, latent in layout.latent_files(run.examples, layout.EXAMPLE_EXT):
+        fp = expected.get(hookpoint)
+        if (
+            fp is not None
+            and layout.is_selected(cfg, hookpoint, latent)
+            and prov.peek_fingerprint(path) == fp
+        ):
+            view.examples[(hookpoint, latent)] = path
+            example_fp[(hookpoint, latent)] = fp
+        else:
+            view.left_out["examples"] += 1
+    prompts = load_prompts(cfg)
+    current = _load_explanations(run, cfg, prompts, example_fp, view)
+    _load_failures(run, view)
+    _load_scores(run, cfg, prompts, example_fp, current, view)
+    return view
+
+
+def _load_explanations(
+    run: layout.RunLayout,
+    cfg: RunConfig,
+    prompts: Any,
+    example_fp: dict[LatentKey, str],
+    view: RunView,
+) -> dict[LatentKey, prov.Explanation]:
+    current: dict[LatentKey, prov.Explanation] = {}
+    hand_made = cfg.effective_explainer == "none"
+    for path, hookpoint, latent in layout.latent_files(run.explanations, layout.EXPLANATION_EXT):
+        key = (hookpoint, latent)
+        side = layout.explanation_provenance_file(run.explanations, hookpoint, latent)
+        recorded = prov.recorded_fingerprint(read_json(side)) if side.exists() else None
+        ok = key in example_fp and (
+            hand_made
+            or recorded == prov.fingerprint(prov.explanation_inputs(cfg, prompts, example_fp[key]))
+        )
+        if not ok:
+            view.left_out["explanations"] += 1
+            continue
+        text = path.read_text(encoding="utf-8")
+        current[key] = prov.Explanation(text, recorded)
+        view.explanations[key] = text.strip()
+    return current
+
+
+def _load_failures(run: layout.RunLayout, view: RunView) -> None:
+    """Explanation failures of current latents that still have no current explanation."""
+    path = layout.failures_file(run.explanations)
+    if not path.exists():
+        return
+    for stem, message in read_json(path).items():
+        key = layout.parse_stem(stem)
+        if key is not None and key in view.examples and key not in view.explanations:
+            view.explanation_failures[key] = str(message)
+
+
+def _load_scores(
+    run: layout.RunLayout,
+    cfg: RunConfig,
+    prompts: Any,
+    example_fp: dict[LatentKey, str],
+    explanations: dict[LatentKey, prov.Explanation],
+    view: RunView,
+) -> None:
+    from autointerp_full.scorers import SCORERS
+
+    for folder in layout.scorer_dirs(run.scores):
+        scorer = folder.name
         files: dict[LatentKey, dict[str, Any]] = {}
-        for path in sorted(folder.glob("*.txt")):
-            key = parse_stem(path.stem)
-            if key is None:
+        for path, hookpoint, latent in layout.latent_files(folder, layout.SCORE_EXT):
+            key = (hookpoint, latent)
+            needs = getattr(SCORERS.get(scorer), "needs_explanation", True)
+            if (
+                scorer not in cfg.scorers
+                or key not in example_fp
+                or (needs and key not in explanations)
+            ):
+                view.left_out["scores"] += 1
                 continue
             try:
-                files[key] = read_json(path)
+                data = read_json(path)
             except (OSError, json.JSONDecodeError) as exc:
+                # Counted as a failed latent: it cannot be read, so it cannot be checked either.
                 log.warning("unreadable score file %s: %s", path, exc)
                 files[key] = {"error": f"unreadable score file: {exc}", "metrics": {}}
-        out[folder.name] = files
-    return out
-
-
-def load_explanations(run_dir: Path) -> dict[LatentKey, str]:
-    out: dict[LatentKey, str] = {}
-    folder = Path(run_dir) / "explanations"
-    for path in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
-        key = parse_stem(path.stem)
-        if key is not None:
-            out[key] = path.read_text(encoding="utf-8").strip()
-    return out
-
-
-def load_explanation_failures(run_dir: Path) -> dict[LatentKey, str]:
-    path = Path(run_dir) / "explanations" / EXPLANATION_FAILURES
-    if not path.exists():
-        return {}
-    out: dict[LatentKey, str] = {}
-    for stem, message in read_json(path).items():
-        key = parse_stem(stem)
-        if key is not None:
-            out[key] = str(message)
-    return out
-
-
-def load_skipped(run_dir: Path) -> dict[str, dict[str, int]]:
-    path = Path(run_dir) / "examples" / "skipped.json"
-    return read_json(path) if path.exists() else {}
-
-
-def example_keys(run_dir: Path) -> list[LatentKey]:
-    folder = Path(run_dir) / "examples"
-    keys = [parse_stem(p.stem) for p in folder.glob("*_latent_*.json")] if folder.is_dir() else []
-    return sorted(k for k in keys if k is not None)
+                continue
+            explanation = explanations.get(key) if needs else None
+            inputs = prov.score_inputs(cfg, prompts, scorer, example_fp[key], explanation)
+            if prov.recorded_fingerprint(data) != prov.fingerprint(inputs):
+                view.left_out["scores"] += 1
+                continue
+            files[key] = data
+        if scorer in cfg.scorers:
+            view.scores[scorer] = files
 
 
 def _number(value: Any) -> float | None:
@@ -115,6 +207,8 @@ def aggregate(scorer: str, files: list[dict[str, Any]]) -> dict[str, Any]:
         "n_latents": len(files),
         "n_scored": len(ok),
         "n_failed": len(files) - len(ok),
+        # Scored, but some batches failed every retry (their examples are left out).
+        "n_incomplete": sum(1 for f in ok if f.get("incomplete")),
         "mean_per_latent": {k: sum(v) / len(v) for k, v in sorted(sums.items())},
         "totals": dict(sorted(totals.items())),
     }
@@ -133,33 +227,31 @@ def aggregate(scorer: str, files: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_summary(run_dir: Path, cfg: RunConfig, extra: dict[str, Any] | None = None) -> dict:
-    """Aggregate the run's score files into run_dir/summary.json (written atomically)."""
-    run_dir = Path(run_dir)
-    scores = load_scores(run_dir)
-    explanations = load_explanations(run_dir)
-    failures = load_explanation_failures(run_dir)
-    skipped = load_skipped(run_dir)
-    built = example_keys(run_dir)
+    """Aggregate the run's current score files into run_dir/summary.json (written atomically).
+
+    Only artifacts of this configuration and latent selection count (see load_run); files of
+    other configurations are left out, and their number is reported as `left_out`."""
+    run = layout.RunLayout(Path(run_dir))
+    view = load_run(run.root, cfg)
     hookpoints = list(cfg.hookpoints)
-    seen = {k[0] for k in built} | {k[0] for files in scores.values() for k in files}
-    hookpoints += sorted(seen - set(hookpoints))
+    built = sorted(view.examples)
 
     summary: dict[str, Any] = {"run": cfg.run_name, "hookpoints": hookpoints, "scorers": {}}
-    for scorer in list(dict.fromkeys([*cfg.scorers, *scores])):
-        files = scores.get(scorer, {})
+    for scorer in cfg.scorers:
+        files = view.scores.get(scorer, {})
         per_hookpoint = {}
         for hp in hookpoints:
             entry = aggregate(scorer, [f for k, f in files.items() if k[0] == hp])
-            entry["n_skipped"] = len(skipped.get(hp, {}))
+            entry["n_skipped"] = len(view.skipped.get(hp, {}))
             per_hookpoint[hp] = entry
         overall = aggregate(scorer, list(files.values()))
-        overall["n_skipped"] = sum(len(skipped.get(hp, {})) for hp in hookpoints)
+        overall["n_skipped"] = sum(len(view.skipped.get(hp, {})) for hp in hookpoints)
         summary["scorers"][scorer] = {"overall": overall, "hookpoints": per_hookpoint}
 
     summary["examples"] = {
         hp: {
             "n_latents": sum(1 for k in built if k[0] == hp),
-            "n_skipped": len(skipped.get(hp, {})),
+            "n_skipped": len(view.skipped.get(hp, {})),
         }
         for hp in hookpoints
     }
@@ -167,17 +259,22 @@ def write_summary(run_dir: Path, cfg: RunConfig, extra: dict[str, Any] | None = 
     for hp in hookpoints:
         wanted = [k for k in built if k[0] == hp]
         summary["explanations"][hp] = {
-            "n_explained": sum(1 for k in explanations if k[0] == hp),
-            "n_failed": sum(1 for k in failures if k[0] == hp and k not in explanations),
-            "n_missing": sum(1 for k in wanted if k not in explanations and k not in failures),
+            "n_explained": sum(1 for k in view.explanations if k[0] == hp),
+            "n_failed": sum(1 for k in view.explanation_failures if k[0] == hp),
+            "n_missing": sum(
+                1
+                for k in wanted
+                if k not in view.explanations and k not in view.explanation_failures
+            ),
         }
-    failed = {
-        f"{hp}_latent_{i}": msg for (hp, i), msg in failures.items() if (hp, i) not in explanations
-    }
-    if failed:
-        summary["explanation_failures"] = failed
+    if view.explanation_failures:
+        summary["explanation_failures"] = {
+            layout.latent_stem(*k): msg for k, msg in sorted(view.explanation_failures.items())
+        }
+    # Files on disk that belong to another configuration or latent selection.
+    summary["left_out"] = dict(view.left_out)
     summary.update(extra or {})
-    atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_json(run.summary, summary)
     return summary
 
 
@@ -190,13 +287,13 @@ def _cell(score: dict[str, Any] | None, scorer: str) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def print_table(run_dir: Path, scorers: list[str], width: int = 50) -> str:
-    """A plain-text table: one row per latent, the explanation (truncated) and one column per
-    scorer with its headline metric (accuracy, correlation or AUC); 'err' marks a failed latent."""
-    run_dir = Path(run_dir)
-    scores = load_scores(run_dir)
-    explanations = load_explanations(run_dir)
-    failures = load_explanation_failures(run_dir)
+def print_table(run_dir: Path, cfg: RunConfig, width: int = 50) -> str:
+    """A plain-text table of the current artifacts: one row per latent, the explanation
+    (truncated) and one column per scorer with its headline metric (accuracy, correlation or
+    AUC); 'err' marks a failed latent."""
+    view = load_run(Path(run_dir), cfg)
+    scorers = list(cfg.scorers)
+    scores, explanations, failures = view.scores, view.explanations, view.explanation_failures
     keys = sorted(set(explanations) | set(failures) | {k for s in scores.values() for k in s})
     header = ["hookpoint", "latent", "explanation"] + [
         f"{s} {HEADLINE_METRIC.get(s, 'accuracy')[:4]}" for s in scorers
