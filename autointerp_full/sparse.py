@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import json
 import re
-import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import UserError, one_line
+from .nulls import stream_seed
 
 ACTIVATIONS = ("topk", "relu", "jumprelu")
 # Per-input normalisations applied before encoding (SAELens `normalize_activations`).
@@ -560,12 +560,6 @@ def check_dimensions(coder: SparseCoder, hidden_size: int, hookpoint: str) -> No
 
 # ------------------------------------------------------------------------ random-weights control
 RANDOM_CHUNK_ELEMENTS = 1 << 24  # rows are drawn in blocks of about 64 MB of float32
-
-
-def stream_seed(seed: int, stream: str) -> int:
-    """A seed for one named stream (a hookpoint), so hookpoints get different weights and adding
-    one does not change the others."""
-    return (int(seed) * 1_000_003 + zlib.crc32(stream.encode("utf-8"))) % (1 << 63)
 
 
 def _random_rows_like(param: torch.Tensor, generator: torch.Generator) -> None:
