@@ -28,6 +28,7 @@ from autointerp_full.examples.windows import (
     fixed_windows,
     inactive_blocks,
 )
+from autointerp_full.layout import neighbours_dir
 
 HOOK = "layers.1"
 
@@ -341,7 +342,7 @@ def test_cooccurrence_neighbours_and_windows(tmp_path: Path) -> None:
         )
         < 5
     )
-    saved = json.loads((tmp_path / "neighbours" / f"{HOOK}.json").read_text())
+    saved = json.loads((neighbours_dir(tmp_path / "ex") / f"{HOOK}.json").read_text())
     assert saved["co-occurrence"]["latents"]["0"][0][0] == 1
 
 
@@ -488,7 +489,7 @@ def test_faiss_picks_semantically_nearest(tmp_path: Path) -> None:
     for example in record.non_activating:
         assert example.tokens == ids["animals"] and not any(example.activations)
     # The pool embeddings are cached and reused.
-    cached = list((tmp_path / "neighbours").glob(f"{HOOK}.faiss.*.npy"))
+    cached = list(neighbours_dir(tmp_path / "ex").glob(f"{HOOK}.faiss.*.npy"))
     assert len(cached) == 1
     from autointerp_full.embeddings import load_embedder
 
