@@ -300,3 +300,32 @@ def test_faults_leave_answered_examples_right_and_a_rerun_completes_them(
         assert result["incomplete"] is False and result["error"] is None, key
         assert headline(result) == pytest.approx(1.0), key
         assert result["examples"] == clean[key]["examples"], key
+
+
+def test_cut_off_and_garbage_explanations_are_asked_again_over_http(
+    bench: dict, tiny_corpus
+) -> None:
+    """Through the real client: an answer cut off at the token limit and a garbage one are not
+    explanations; the explainer asks again and keeps the first well-formed answer."""
+    seen: dict[str, int] = {}
+
+    def flaky(request: dict) -> Any:
+        user = request["messages"][-1]["content"]
+        seen[user] = seen.get(user, 0) + 1
+        good = known_answer_responder(request)
+        if seen[user] == 1:
+            return {"text": good.rsplit('"', 2)[0], "finish_reason": "length"}
+        if seen[user] == 2:
+            return "lorem ipsum dolor sit amet"
+        return good
+
+    with ScriptedLLMServer(flaky) as server:
+        cfg = config(bench, tiny_corpus, server.url, answer_retries=2)
+        explained = asyncio.run(explain_all(cfg, bench["records"]))
+    assert [e.explanation for e in explained] == right(bench)
+    assert all(e.retries == 2 for e in explained)
+    seen.clear()
+    with ScriptedLLMServer(flaky) as server:
+        cfg = config(bench, tiny_corpus, server.url, answer_retries=1)
+        explained = asyncio.run(explain_all(cfg, bench["records"]))
+    assert all(e.explanation is None and "no [EXPLANATION]" in e.error for e in explained)
