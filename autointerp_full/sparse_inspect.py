@@ -104,10 +104,21 @@ def _hub_hookpoints(listing: set[str]) -> list[str]:
     return sorted(f for f in folders if _layout_in(listing, f))
 
 
-def _missing_hookpoint(hp: str, sparse_model: str, have: list[str]) -> UserError:
-    listed = ", ".join(have) if have else "none in a known layout"
+def _missing_hookpoint(hp: str, sparse_model: str, have: list[str], single: bool) -> UserError:
+    """`single`: the folder itself holds one model (no per-hookpoint sub-folders)."""
+    if not have and single:
+        return UserError(
+            f"--hookpoints: {sparse_model} holds a single sparse model, not one per hookpoint; "
+            f"give one hookpoint (no sub-folder {hp!r})"
+        )
+    if not have:  # nothing there at all: the path, not the hookpoint, is wrong
+        return UserError(
+            f"--sparse_model: {sparse_model} holds no sparse model in a known layout "
+            "(sparsify <hookpoint>/cfg.json + sae.safetensors, SAELens cfg.json + "
+            "sae_weights.safetensors, Gemma Scope params.npz)"
+        )
     return UserError(
-        f"--hookpoints: no sparse model for {hp!r} in {sparse_model}; available: {listed}"
+        f"--hookpoints: no sparse model for {hp!r} in {sparse_model}; available: {', '.join(have)}"
     )
 
 
@@ -133,7 +144,8 @@ def locate_local(sparse_model: str, hookpoints: list[str]) -> dict[str, tuple[Pa
             # A folder holding a single model serves the one hookpoint asked for.
             folder, layout = root, layout_of(root)
         if layout is None:
-            raise _missing_hookpoint(hp, sparse_model, available_hookpoints(root))
+            have = available_hookpoints(root)
+            raise _missing_hookpoint(hp, sparse_model, have, layout_of(root) is not None)
         found[hp] = (folder, layout)
     return found
 
@@ -370,7 +382,8 @@ def _inspect_hub(repo: str, hookpoints: list[str], token: str | None) -> dict[st
         if layout is None and len(hookpoints) == 1:
             sub, layout = "", _layout_in(listing, "")
         if layout is None:
-            raise _missing_hookpoint(hp, repo, _hub_hookpoints(listing))
+            single = _layout_in(listing, "") is not None
+            raise _missing_hookpoint(hp, repo, _hub_hookpoints(listing), single)
         prefix = f"{sub}/" if sub else ""
         weights_name = prefix + LAYOUTS[layout][-1]
         where = f"{repo}/{weights_name}"

@@ -274,7 +274,7 @@ CASES: dict[str, tuple[str, Callable[[Ctx], None]]] = {
     "sparse_model_missing": ("sparse_model", set_opts(sparse_model="/nonexistent/sae")),
     "sparse_model_hub_unreachable": ("sparse_model", set_opts(sparse_model="nobody/no-sae")),
     "sparse_model_is_a_file": ("sparse_model", sae_is_a_file),
-    "sparse_model_without_layout": ("hookpoints", sae_without_layout),
+    "sparse_model_without_layout": ("sparse_model", sae_without_layout),
     "hookpoint_not_in_sparse_model": ("hookpoints", set_opts(hookpoints="layers.2")),
     "one_of_two_hookpoints_missing": ("hookpoints", set_opts(hookpoints=[HOOKPOINT, "layers.2"])),
     "width_mismatch": ("sparse_model", wider_sae),
@@ -401,6 +401,7 @@ def test_bad_input_is_refused_before_any_change(case: str, make_ctx, capfd) -> N
     capfd.readouterr()
     code = main(to_argv(ctx.options))
     stderr = capfd.readouterr().err
+    print(stderr)  # shown by pytest -rA: the message a user would read
     param = CASES[case][0]
     check_refusal(param, code, stderr, before, tree_state(ctx.results))
     if case == "cache_shard_truncated":

@@ -82,8 +82,11 @@ def test_saelens_transcoder_and_single_model_folder(tmp_path: Path) -> None:
     write_saelens(tmp_path, d_out=D + 4)  # the root holds one model: it serves one hookpoint
     info = inspect_sparse_model(str(tmp_path), ["layers.5.mlp"])["layers.5.mlp"]
     assert info.transcoder and info.d_out == D + 4 and info.folder == str(tmp_path)
-    with pytest.raises(UserError, match="^--hookpoints: no sparse model for 'a'"):
+    with pytest.raises(UserError, match="^--hookpoints: .* holds a single sparse model"):
         inspect_sparse_model(str(tmp_path), ["a", "b"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="^--sparse_model: .* no sparse model in a known layout"):
+        inspect_sparse_model(str(tmp_path / "empty"), ["a"])
 
 
 def test_missing_hookpoint_lists_what_is_there(tiny_sae_dir: Path) -> None:
