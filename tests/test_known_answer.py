@@ -329,3 +329,79 @@ def test_cut_off_and_garbage_explanations_are_asked_again_over_http(
         cfg = config(bench, tiny_corpus, server.url, answer_retries=1)
         explained = asyncio.run(explain_all(cfg, bench["records"]))
     assert all(e.explanation is None and "no [EXPLANATION]" in e.error for e in explained)
+
+
+# ------------------------------------------------------------------------- through the CLI
+
+
+def cli_args(bench: dict, corpus: Path, results: Path, url: str, name: str) -> list[str]:
+    return [
+        str(bench["model"]), str(bench["sae"]),
+        "--hookpoints", "embed_tokens", "--max_latents", str(N_LATENTS),
+        "--dataset_repo", str(corpus), "--dataset_split", "train",
+        "--n_tokens", "16384", "--cache_ctx_len", "64", "--batch_size", "16",
+        "--min_examples", "20", "--n_examples_train", "10", "--n_examples_test", "20",
+        "--n_non_activating", "20", "--example_ctx_len", "16",
+        "--num_examples_per_scorer_prompt", "5", "--scorers", "detection", "fuzz",
+        "--explainer_provider", "vllm", "--explainer_model", "test-model",
+        "--explainer_api_base_url", url, "--structured_output", "off",
+        "--max_retries", "1", "--answer_retries", "1", "--request_timeout", "0.3",
+        "--results_dir", str(results), "--name", name, "--device", "cpu", "--no-verbose",
+    ]  # fmt: skip
+
+
+def score_files(run: Path) -> dict[tuple[str, str], dict]:
+    return {
+        (p.parent.name, p.stem): json.loads(p.read_text())
+        for p in sorted((run / "scores").glob("*/*_latent_*.txt"))
+    }
+
+
+def score_path(run: Path, key: tuple[str, str]) -> Path:
+    return run / "scores" / key[0] / f"{key[1]}.txt"
+
+
+def scorer_requests(server: ScriptedLLMServer) -> int:
+    users = [r["messages"][-1]["content"] for r in server.requests]
+    return sum(1 for text in users if text.startswith("Explanation:"))
+
+
+def test_cli_run_with_faults_then_rerun_completes_only_the_failed_batches(
+    bench: dict, tiny_corpus, tmp_path: Path
+) -> None:
+    from autointerp_full.cli import main
+
+    with ScriptedLLMServer(known_answer_responder) as server:
+        assert main(cli_args(bench, tiny_corpus, tmp_path, server.url, "clean")) == 0
+    clean = score_files(tmp_path / "clean")
+    assert len(clean) == 2 * N_LATENTS
+    assert all(f["metrics"]["accuracy"] == 1.0 and not f["incomplete"] for f in clean.values())
+
+    flaky = ScriptedLLMServer(known_answer_responder, fault_rate=0.3, hang_s=1.0, fault_seed=2)
+    with flaky:
+        # No re-asks here, so that failed batches are all but certain (~13% of them).
+        args = cli_args(bench, tiny_corpus, tmp_path, flaky.url, "f")
+        assert main([*args, "--answer_retries", "0"]) == 0
+    first = score_files(tmp_path / "f")
+    for key, result in first.items():
+        if result["metrics"].get("n"):
+            assert result["metrics"]["accuracy"] == 1.0, key  # failures never count as wrong
+    incomplete = [k for k, f in first.items() if f["incomplete"] or f["error"]]
+    assert incomplete, "30% faults should leave some latent incomplete"
+    # What the rerun must ask: the failed batches of incomplete files, every batch of a
+    # latent that has no score file yet (its explanation failed).
+    owed = sum(f["metrics"]["n_failed_batches"] for f in first.values() if f["incomplete"])
+    owed += sum(clean[k]["metrics"]["n_batches"] for k in clean if k not in first)
+    done = {k for k, f in first.items() if not f["incomplete"] and not f["error"]}
+    stamps = {k: score_path(tmp_path / "f", k).stat().st_mtime_ns for k in done}
+
+    with ScriptedLLMServer(known_answer_responder) as server:
+        assert main(cli_args(bench, tiny_corpus, tmp_path, server.url, "f")) == 0
+        assert scorer_requests(server) == owed
+    second = score_files(tmp_path / "f")
+    assert set(second) == set(clean)
+    for key, result in second.items():
+        assert not result["incomplete"] and result["error"] is None, key
+        assert result["examples"] == clean[key]["examples"], key
+    for key in done:
+        assert score_path(tmp_path / "f", key).stat().st_mtime_ns == stamps[key], f"{key} redone"
