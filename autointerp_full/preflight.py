@@ -37,6 +37,7 @@ def check_inputs(cfg: RunConfig) -> None:
     models.check_device(cfg.device, cfg.load_in_8bit)
     load_prompts(cfg)
     infos = inspect_sparse_model(cfg.sparse_model, hookpoints, cfg.token)
+    check_sparse_configs(infos)
     check_feature_num(cfg, {hp: info.num_latents for hp, info in infos.items()})
     model = models.inspect_model(cfg.model, hookpoints, token=cfg.token)
     check_widths(model["hidden_size"], {hp: info.d_in for hp, info in infos.items()})
@@ -100,6 +101,18 @@ def check_feature_num(cfg: RunConfig, num_latents: dict[str, int]) -> None:
                 f"--feature_num: latent(s) {bad} out of range; the sparse model for {hp!r} has "
                 f"{n} latents (0..{n - 1})"
             )
+
+
+def check_sparse_configs(infos: dict[str, Any]) -> None:
+    """The loader's own checks of a cfg.json (architecture, activation, normalisation, ...),
+    given the tensor names and shapes instead of the tensors, when sparse.py offers them as
+    `check_config(info: SparseInfo) -> None`."""
+    from autointerp_full import sparse
+
+    check = getattr(sparse, "check_config", None)
+    if check is not None:
+        for info in infos.values():
+            check(info)
 
 
 def check_widths(hidden_size: int, d_in: dict[str, int]) -> None:

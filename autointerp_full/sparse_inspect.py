@@ -17,7 +17,7 @@ import math
 import re
 import struct
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ class SparseInfo:
     transcoder: bool
     activation: str | None  # as far as the config tells; the loader decides the details
     fingerprint: str  # sha256 of the cfg bytes, the tensor header and a sample of the data
+    config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    shapes: dict[str, list[int]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -352,6 +354,8 @@ def _inspect_local(hp: str, folder: Path, layout: str) -> SparseInfo:
         cfg_file=None if cfg_path is None else str(cfg_path),
         weights_file=str(weights),
         fingerprint=_fingerprint(cfg_raw, weights_raw),
+        config=cfg,
+        shapes={name: list(t["shape"]) for name, t in tensors.items()},
         **shapes,
     )
 
@@ -418,6 +422,8 @@ def _inspect_hub(repo: str, hookpoints: list[str], token: str | None) -> dict[st
             cfg_file=cfg_where,
             weights_file=where,
             fingerprint=_fingerprint(cfg_raw, weights_raw),
+            config=cfg,
+            shapes={name: list(t["shape"]) for name, t in tensors.items()},
             **shapes,
         )
     return out
