@@ -734,3 +734,51 @@ def test_simulation_constant_predictions_score_zero_and_are_counted() -> None:
     m = run(SimulationScorer(always, FakePrompts(), cfg()), make_record(4, 4))["metrics"]
     assert m["correlation"] == 0.0 and m["per_example_correlation"] == 0.0
     assert m["n_constant"] == 4 and m["n"] == 5
+
+
+def test_intruder_marks_alone_tell_nothing() -> None:
+    """The intruder's marks copy an activating example's, so picking by mark pattern alone
+    (the example whose marks look least like the others', or that misses the centre) is chance."""
+    rng = random.Random(1)
+    records = [realistic_record(rng, i) for i in range(300)]
+
+    def odd_pattern(user: str, kw: dict) -> str:
+        marks = [marked_words(t) for t in numbered_examples(user)]
+
+        def oddness(m: frozenset[int]) -> tuple[int, int]:
+            return (8 not in m, -sum(1 for other in marks if other == m))
+
+        return str(max(range(len(marks)), key=lambda i: oddness(marks[i])) + 1)
+
+    hits, total = 0, 0
+    for record in records:
+        result = run(
+            IntruderScorer(ScriptedClient(odd_pattern), FakePrompts(), cfg()), record, None
+        )
+        hits += sum(1 for e in result["examples"] if e["correct"])
+        total += len(result["examples"])
+    assert total > 300 and abs(hits / total - 0.2) <= 0.05
+
+
+def test_probability_auc_leaves_failed_batches_out() -> None:
+    calls = {"n": 0}
+
+    def answer(user: str, kw: dict) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return LLMError("gone")
+        labels = [1 if "cat" in t else 0 for t in numbered_examples(user)]
+        tokens = [lp("[", {"[": 0.0})]
+        for v in labels:
+            p = 0.9 if v else 0.1
+            tokens.append(lp(str(v), {"1": math.log(p), "0": math.log(1 - p)}))
+            tokens.append(lp(",", {",": 0.0}))
+        return Completion(str(labels), 10, 10, tokens)
+
+    result = run(
+        DetectionScorer(ScriptedClient(answer), FakePrompts(), cfg(log_probs=True)), make_record()
+    )
+    m = result["metrics"]
+    assert m["auc"] == 1.0 and m["n_probabilities"] == 15 and m["n_failed"] == 5
+    failed = [e for e in result["examples"] if e["prediction"] is None]
+    assert all(e["probability"] is None for e in failed)
