@@ -459,7 +459,10 @@ def split_usage(
     usage: dict[str, dict[str, Any]], explain: bool, score: bool
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """(explain usage, score usage) of one client: the explainer records under EXPLAIN_STAGE,
-    each scorer under its own name. A client that did only one stage's work gives it all."""
+    each scorer under its own name. A client that did only one stage's work gives it all.
+    Stage names that counted nothing (the client's own, when only views of it asked) are left
+    out."""
+    usage = {k: v for k, v in usage.items() if any(v.values())}
     if not score:
         return usage, {}
     if not explain:

@@ -1,11 +1,10 @@
 """The Kubeflow pipeline: its parameters come from RunConfig, the committed YAML is current, and
-the whole DAG runs locally (kfp.local) on the tiny model against a scripted LLM server."""
+submission works (the whole DAG's local run is in tests/test_parity.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -15,9 +14,6 @@ pytest.importorskip("kfp")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).parent))
-
-from llm_test_server import ScriptedLLMServer  # noqa: E402
 
 from autointerp_full.config import RunConfig  # noqa: E402
 
@@ -121,93 +117,7 @@ def test_plan_ranges_cover_selection() -> None:
     assert plan_ranges(json.dumps(cfg.public_dict()), 128, 2) == [[3, 8], [50, 91]]
 
 
-# ----------------------------------------------------------------- kfp.local run
-
-
-def _responder(request: dict) -> str:
-    system = request["messages"][0]["content"]
-    user = request["messages"][-1]["content"]
-    if "You evaluate an explanation" in system:
-        n = len(re.findall(r"^Example \d+:", user, re.MULTILINE))
-        return json.dumps([1 if i % 2 == 0 else 0 for i in range(n)])
-    return "[EXPLANATION]: common words such as the and a"
-
-
-@pytest.mark.filterwarnings("ignore:.*have no effect in the current local runner:UserWarning")
-@pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")
-def test_pipeline_runs_locally(
-    tmp_path: Path,
-    tiny_model_dir: Path,
-    tiny_sae_dir: Path,
-    tiny_corpus: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from kfp import local
-
-    from pipelines.pipeline import autointerp_pipeline
-
-    monkeypatch.setenv("PYTHONPATH", f"{ROOT}:{Path(__file__).parent}")
-    root = tmp_path / "outputs"
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(root),
-        workspace_root=str(tmp_path / "workspace"),
-    )
-    config = {
-        "dataset_repo": str(tiny_corpus),
-        "dataset_split": "train",
-        "n_tokens": 3000,
-        "batch_size": 8,
-        "cache_ctx_len": 32,
-        "n_splits": 4,
-        "min_examples": 2,
-        "n_examples_train": 3,
-        "n_examples_test": 3,
-        "n_non_activating": 3,
-        "example_ctx_len": 8,
-        "device": "cpu",
-        "pipeline_num_proc": 1,
-        "num_examples_per_scorer_prompt": 3,
-        "explainer_provider": "vllm",
-        "max_concurrent_requests": 4,
-    }
-    with ScriptedLLMServer(_responder) as server:
-        autointerp_pipeline(
-            config_json=json.dumps(config),
-            model=str(tiny_model_dir),
-            sparse_model=str(tiny_sae_dir),
-            hookpoints=["layers.1"],
-            max_latents=16,  # latents 2, 4, 8, 10 and 15 fire in the tiny cache
-            explainer_model="test-model",
-            explainer_api_base_url=server.url,
-            scorers=["detection"],
-            shard_size=8,
-        )
-        assert server.chat_requests > 0
-
-    # Two latent ranges; each range's examples hold only latents of that range.
-    ranges = {}
-    for out in root.rglob("examples-op/executor_output.json"):
-        meta = json.loads(out.read_text())["artifacts"]["examples"]["artifacts"][0]["metadata"]
-        ranges[tuple(meta["latent_range"])] = out.parent / "examples"
-    assert sorted(ranges) == [(0, 8), (8, 16)]
-    built = []
-    for (start, end), folder in ranges.items():
-        ids = [int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("*_latent_*.json")]
-        assert all(start <= i < end for i in ids)
-        built += ids
-    assert built, "no latent had enough examples"
-    explained = [p for p in root.rglob("explanations/*_latent_*.txt")]
-    scores = [p for p in root.rglob("scores/detection/*_latent_*.txt")]
-    assert len(explained) == len(scores) == len(built)
-    summary = json.loads(next(root.rglob("summary/summary.json")).read_text())
-    assert summary["scorers"]["detection"]["overall"]["n_scored"] == len(built)
-    run_config = json.loads(next(root.rglob("summary/run_config.json")).read_text())
-    assert run_config["model"] == str(tiny_model_dir) and "hf_token" not in run_config
-    assert "<table>" in next(p for p in root.rglob("report-op/report") if p.is_file()).read_text()
-    outputs = json.loads(next(root.rglob("report-op/executor_output.json")).read_text())
-    metrics = outputs["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert metrics["scorers.detection.overall.n_scored"] == len(built)
+# The whole DAG under kfp.local, against the CLI on the same configuration: tests/test_parity.py.
 
 
 # ----------------------------------------------------------------------- submit
