@@ -144,39 +144,12 @@ def check_llm(cfg: RunConfig) -> None:
 
 def check_caches(cfg: RunConfig) -> None:
     """A complete cache the run would reuse is checked against its config.json (headers and
-    sizes only), so that a truncated shard is refused here instead of failing later."""
-    if "cache" in cfg.overwrite:
-        return
+    sizes only), so that a truncated shard is refused here instead of failing later. A cache
+    whose key differs is rebuilt, so its state does not matter."""
     from autointerp_full import cache
+    from autointerp_full.layout import RunLayout
 
-    verify = getattr(cache, "verify_cache", None)
-    if verify is None:  # an older cache package: nothing to verify with
-        return
-    latents = Path(cfg.results_dir).expanduser() / cfg.run_name / "latents"
-    for hp in dict.fromkeys(cfg.hookpoints):
-        folder = latents / hp
-        if (folder / "config.json").is_file() and _would_reuse(cfg, hp, folder):
-            verify(folder)
-
-
-def _would_reuse(cfg: RunConfig, hookpoint: str, folder: Path) -> bool:
-    """Whether the cache's recorded key matches this run's (a differing cache is rebuilt, so
-    its state does not matter). When the key cannot be compared, assume reuse."""
-    from autointerp_full.cache import writer
-
-    key_of = getattr(writer, "cache_key", None)
-    differ = getattr(writer, "key_difference", None)
-    if key_of is None or differ is None:
-        return True
-    try:
-        import json
-
-        old: Any = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True  # unreadable: verify_cache names the file
-    if not isinstance(old, dict):
-        return True
-    try:
-        return differ(old, key_of(cfg, hookpoint)) is None
-    except (TypeError, UserError):  # a changed signature, or a key that needs a bad input
-        return True
+    latents = RunLayout.of(cfg).latents
+    reused = getattr(cache, "reused_hookpoints", None)
+    if reused is not None:
+        reused(cfg, latents)  # raises UserError naming a corrupt file; changes nothing
