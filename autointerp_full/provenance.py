@@ -79,6 +79,22 @@ INPUTS = "inputs"
 NEW = "new"  # the reason given for an artifact that did not exist before
 
 
+# ------------------------------------------------------------------------------ reading
+def read_json_or_none(path: Path) -> Any:
+    """A bookkeeping or provenance file's JSON, or None when it is missing or unreadable (a
+    damaged one is logged, then treated as absent: what it vouched for is redone)."""
+    from autointerp_full.io import read_json
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("unreadable %s (%s): treated as absent", path, exc)
+        return None
+
+
 # ------------------------------------------------------------------------------ hashing
 def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -292,10 +308,9 @@ class ExamplesEntry:
 def read_examples_index(path: Path) -> dict[str, ExamplesEntry]:
     """examples/skipped.json by hookpoint; a file from before fingerprints gives entries with
     fingerprint None, which match nothing."""
-    from autointerp_full.io import read_json
-
-    path = Path(path)
-    data = read_json(path) if path.exists() else {}
+    data = read_json_or_none(path)
+    if not isinstance(data, dict):
+        data = {}
     out = {}
     for hookpoint, value in data.items():
         if isinstance(value, dict) and isinstance(value.get(SKIPPED), dict):

@@ -80,7 +80,7 @@ def _examples_for_hookpoint(
     hookpoint = reader.hookpoint
     fp = prov.fingerprint(inputs)
     latents = select_latents(cfg, reader.num_latents, latent_range)
-    overwrite = "examples" in cfg.overwrite
+    overwrite = _overwrite_examples(cfg)
     same = old is not None and old.fingerprint == fp and not overwrite
     # Skips of another configuration are void; those of this one stand, in range or not.
     skipped = dict(old.skipped) if same and old else {}
@@ -110,6 +110,16 @@ def _examples_for_hookpoint(
     return prov.ExamplesEntry(fp, inputs, skipped)
 
 
+def _overwrite_examples(cfg: RunConfig) -> str | None:
+    """The --overwrite choice that rebuilds every example: `examples`, or `neighbours` with a
+    source that uses them (the neighbour lists are rebuilt with the examples that need them)."""
+    if "examples" in cfg.overwrite:
+        return "--overwrite examples"
+    if "neighbours" in cfg.overwrite and cfg.non_activating_source != "random":
+        return "--overwrite neighbours"
+    return None
+
+
 def _examples_reason(
     cfg: RunConfig,
     examples_dir: Path,
@@ -120,11 +130,11 @@ def _examples_reason(
     old: prov.ExamplesEntry | None,
     skipped: dict[str, int],
     old_skips: dict[str, int],
-    overwrite: bool,
+    overwrite: str | None,
 ) -> str | None:
     """Why this latent's examples must be built, or None when its file or skip is current."""
     if overwrite:
-        return "--overwrite examples"
+        return overwrite
     if str(latent) in skipped:
         return None
     path = layout.example_file(examples_dir, hookpoint, latent)
@@ -277,7 +287,7 @@ class LLMWork:
         side = layout.explanation_provenance_file(
             self.explanations_dir, record.hookpoint, record.latent
         )
-        recorded = read_json(side) if side.exists() else {}
+        recorded = prov.read_json_or_none(side)
         return prov.Explanation(
             text_path.read_text(encoding="utf-8"), prov.recorded_fingerprint(recorded)
         )
@@ -286,7 +296,7 @@ class LLMWork:
         side = layout.explanation_provenance_file(
             self.explanations_dir, record.hookpoint, record.latent
         )
-        return prov.recorded_inputs(read_json(side)) if side.exists() else None
+        return prov.recorded_inputs(prov.read_json_or_none(side))
 
     async def explanation(self, item: LoadedExamples) -> prov.Explanation | None:
         """The latent's current explanation: reused, read, or written now (None if it failed)."""
@@ -413,7 +423,9 @@ class LLMWork:
             _update_failures(self.scores_dir, self.handled, self.score_failures)
 
     def log_tallies(self) -> None:
-        if self.explain:
+        if self.explain and self.cfg.effective_explainer == "none":
+            log.info("explain: --explainer none: the explanations on disk are used as they are")
+        elif self.explain:
             self.explain_tally.log()
         if self.score:
             for tally in self.score_tallies.values():
@@ -433,7 +445,8 @@ def _read_score(path: Path) -> dict[str, Any] | None:
 def _update_failures(folder: Path, handled: set[str], failures: dict[str, str]) -> None:
     """Keep other latents' entries; this invocation's latents get their new outcome."""
     path = layout.failures_file(folder)
-    old = read_json(path) if path.exists() else {}
+    old = prov.read_json_or_none(path)
+    old = old if isinstance(old, dict) else {}
     kept = {k: v for k, v in old.items() if k not in handled}
     atomic_write_json(path, dict(sorted({**kept, **failures}.items())))
 
@@ -476,7 +489,8 @@ def record_usage(folder: Path, usage: dict[str, dict[str, Any]], seconds: float)
     """Add this invocation's token usage (per client stage: explain, detection, ...) to the totals
     kept in the stage's own folder, so a resumed run reports the whole run's usage."""
     path = layout.usage_file(folder)
-    totals: dict[str, Any] = read_json(path) if path.exists() else {}
+    totals = prov.read_json_or_none(path)
+    totals = totals if isinstance(totals, dict) else {}
     for stage, counts in usage.items():
         entry = totals.setdefault(stage, {})
         for key, value in counts.items():
@@ -626,9 +640,9 @@ def report_stage(cfg: RunConfig, run_dir: Path) -> Path:
     run = layout.RunLayout(Path(run_dir))
     usage: dict[str, Any] = {}
     for stage, folder in (("explain", run.explanations), ("score", run.scores)):
-        path = layout.usage_file(folder)
-        if path.exists():
-            usage[stage] = read_json(path)
+        recorded = prov.read_json_or_none(layout.usage_file(folder))
+        if isinstance(recorded, dict):
+            usage[stage] = recorded
     write_summary(run.root, cfg, extra={"llm_usage": usage})
     if cfg.enable_visualization:
         from autointerp_full.report import write_html_report

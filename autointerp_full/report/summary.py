@@ -61,8 +61,9 @@ def _examples_fingerprints(
     for hookpoint in cfg.hookpoints:
         config_path = run.cache(hookpoint) / CACHE_CONFIG
         entry = index.get(hookpoint)
-        if config_path.is_file():
-            cache = prov.cache_ref(read_json(config_path))
+        config = prov.read_json_or_none(config_path)
+        if isinstance(config, dict):
+            cache = prov.cache_ref(config)
         elif entry is not None and entry.inputs is not None and "cache" in entry.inputs:
             cache = entry.inputs["cache"]
         else:
@@ -117,7 +118,7 @@ def _load_explanations(
     for path, hookpoint, latent in layout.latent_files(run.explanations, layout.EXPLANATION_EXT):
         key = (hookpoint, latent)
         side = layout.explanation_provenance_file(run.explanations, hookpoint, latent)
-        recorded = prov.recorded_fingerprint(read_json(side)) if side.exists() else None
+        recorded = prov.recorded_fingerprint(prov.read_json_or_none(side))
         ok = key in example_fp and (
             hand_made
             or recorded == prov.fingerprint(prov.explanation_inputs(cfg, prompts, example_fp[key]))
@@ -133,10 +134,8 @@ def _load_explanations(
 
 def _load_failures(run: layout.RunLayout, view: RunView) -> None:
     """Explanation failures of current latents that still have no current explanation."""
-    path = layout.failures_file(run.explanations)
-    if not path.exists():
-        return
-    for stem, message in read_json(path).items():
+    recorded = prov.read_json_or_none(layout.failures_file(run.explanations))
+    for stem, message in (recorded if isinstance(recorded, dict) else {}).items():
         key = layout.parse_stem(stem)
         if key is not None and key in view.examples and key not in view.explanations:
             view.explanation_failures[key] = str(message)
