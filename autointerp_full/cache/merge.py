@@ -162,6 +162,12 @@ def merge_shard(state: HookpointCache, i: int, ctx_len: int, block: int) -> None
         merge_chunks(files, out, start, end, ctx_len, block)
 
 
+def drop_chunks(state: HookpointCache, i: int) -> None:
+    """Step 3 for shard i: its chunk files are no longer needed once the shard is recorded."""
+    for c in range(state.chunks):
+        state.chunk_file(c, i).unlink(missing_ok=True)
+
+
 def merge_shards(state: HookpointCache, n_seqs: int, ctx_len: int) -> None:
     """Merge every shard not yet recorded, on parallel threads sharing one memory budget
     (torch and file reads release the GIL)."""
@@ -177,8 +183,7 @@ def merge_shards(state: HookpointCache, n_seqs: int, ctx_len: int) -> None:
         with lock:  # step 2: record it
             state.merged.append(i)
             state.save_manifest(n_seqs, ctx_len)
-        for c in range(state.chunks):  # step 3: its chunks are no longer needed
-            state.chunk_file(c, i).unlink(missing_ok=True)
+        drop_chunks(state, i)
 
     pool = ThreadPoolExecutor(workers, thread_name_prefix="cache-merge")
     try:

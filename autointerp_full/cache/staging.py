@@ -29,12 +29,12 @@ def commit(latents_dir: Path, hookpoint: str) -> Path:
         if _present(final):
             _remove(old)
         else:
-            os.replace(old, final)
+            _rename(old, final)
     if _present(final):
-        os.replace(final, old)
-    os.replace(staged, final)
+        _rename(final, old)  # step 1
+    _rename(staged, final)  # step 2
     _fsync_dir(final.parent)
-    _remove(old)
+    _remove(old)  # step 3
     remove_empty_staging(latents_dir)
     return final
 
@@ -58,7 +58,7 @@ def recover(latents_dir: Path, hookpoint: str) -> None:
         if _present(final):
             _remove(old)  # step 3 was under way
         else:  # cannot happen after step 1 unless the staged cache vanished: keep the old one
-            os.replace(old, final)
+            _rename(old, final)
         remove_empty_staging(latents_dir)
 
 
@@ -72,6 +72,10 @@ def current_folder(latents_dir: Path, hookpoint: str) -> Path:
     if old.exists() and not final.exists():
         return old
     return final
+
+
+def _rename(source: Path, target: Path) -> None:
+    os.replace(source, target)
 
 
 def _present(path: Path) -> bool:
