@@ -260,6 +260,15 @@ def sae_without_layout(ctx: Ctx) -> None:
     ctx.options["sparse_model"] = str(ctx.scratch / "nothing")
 
 
+def wrong_api_path(ctx: Ctx) -> None:
+    ctx.options["--explainer_api_base_url"] = ctx.options["--explainer_api_base_url"][:-3] + "/v2"
+
+
+def prompt_env_missing(ctx: Ctx) -> None:
+    ctx.options["--prompt_override"] = True
+    ctx.env["PROMPT_CONFIG_FILE"] = str(ctx.scratch / "absent.yaml")
+
+
 DOCS = "".join(json.dumps({"text": f"the cat sat on mat {i}"}) + "\n" for i in range(50))
 
 CASES: dict[str, tuple[str, Callable[[Ctx], None]]] = {
@@ -339,6 +348,13 @@ CASES: dict[str, tuple[str, Callable[[Ctx], None]]] = {
     # the LLM
     "server_down": ("explainer_api_base_url", set_opts(explainer_api_base_url=closed_port_url())),
     "model_not_served": ("explainer_model", set_opts(explainer_model="not-served")),
+    "server_not_openai": ("explainer_api_base_url", wrong_api_path),
+    "server_url_malformed": ("explainer_api_base_url", set_opts(explainer_api_base_url="nope")),
+    "offline_explainer_hub_unreachable": (
+        "explainer_model",
+        set_opts(explainer_provider="offline", explainer_model="nobody-here/no-explainer"),
+    ),
+    "prompt_env_file_missing": ("$PROMPT_CONFIG_FILE", prompt_env_missing),
     "missing_api_key": ("explainer_provider", no_api_key),
     "offline_explainer_missing": (
         "explainer_model",
@@ -388,7 +404,8 @@ def check_refusal(param: str, code: int, stderr: str, before: dict, after: dict)
     assert len(lines) == 1, f"stderr is not one line: {stderr!r}"
     assert lines[0].startswith("autointerp_full: error: ")
     if param:
-        assert f"--{param}" in lines[0], lines[0]
+        named = param if param.startswith("$") else f"--{param}"
+        assert named in lines[0], lines[0]
     assert after == before, "the results folder changed"
 
 
