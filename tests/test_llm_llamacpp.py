@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import socket
@@ -41,13 +42,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """Start `python -m llama_cpp.server`, wait for /v1/models, yield (base URL, model id)."""
+@contextlib.contextmanager
+def serve_llama_cpp(log_dir: Path, n_ctx: int = 2048) -> Iterator[tuple[str, str]]:
+    """Run `python -m llama_cpp.server` on SmolLM2, wait for /v1/models, yield (base URL, model
+    id), and stop it afterwards."""
     import httpx
 
     port = free_port()
-    log_path = tmp_path_factory.mktemp("llama") / "server.log"
+    log_path = log_dir / "server.log"
     cmd = [
         sys.executable,
         "-m",
@@ -59,7 +61,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         "--port",
         str(port),
         "--n_ctx",
-        "2048",
+        str(n_ctx),
         "--n_threads",
         "2",
         "--logits_all",
@@ -73,7 +75,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         model_id = None
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server exited: {log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"llama.cpp server exited: {log_path.read_text()[-2000:]}")
             try:
                 resp = httpx.get(f"{url}/models", timeout=2)
                 if resp.status_code == 200:
@@ -83,7 +85,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
                 pass
             time.sleep(0.5)
         if model_id is None:
-            pytest.fail(f"llama.cpp server did not start in 120 s: {log_path.read_text()[-2000:]}")
+            raise RuntimeError(f"llama.cpp server did not start: {log_path.read_text()[-2000:]}")
         yield url, model_id
     finally:
         proc.terminate()
@@ -92,6 +94,13 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A llama.cpp server on SmolLM2 for this module's tests: (base URL, model id)."""
+    with serve_llama_cpp(tmp_path_factory.mktemp("llama")) as server:
+        yield server
 
 
 def test_vllm_provider_against_llama_cpp(llama_server):
