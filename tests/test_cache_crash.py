@@ -18,7 +18,15 @@ import pytest
 from conftest import write_sparsify_sae
 
 from autointerp_full import models
-from autointerp_full.cache import CacheReader, build_cache, merge, spill, staging, verify_cache
+from autointerp_full.cache import (
+    CacheReader,
+    build_cache,
+    merge,
+    reused_hookpoints,
+    spill,
+    staging,
+    verify_cache,
+)
 from autointerp_full.cache.format import MANIFEST, STAGING_DIR, staging_folder
 from autointerp_full.cache.key import cache_key, key_difference, reuse_reason
 from autointerp_full.config import RunConfig
@@ -462,3 +470,33 @@ def test_written_config_matches_the_schema(reference):
     validate_artifact("cache", reference)
     config = json.loads((reference / HOOK / "config.json").read_text())
     assert {"dtype", "load_in_8bit", "sparse_model_fingerprint", "format"} <= set(config)
+
+
+def test_reused_hookpoints_decides_like_build_cache_without_torch(
+    tiny_model_dir, tiny_corpus, tiny_sae_dir, reference, tmp_path
+):
+    cfg = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus)
+    # Torch-free, so that a check before the run stays cheap.
+    code = (
+        "import json, sys\n"
+        "from autointerp_full.cache import reused_hookpoints\n"
+        "from autointerp_full.config import RunConfig\n"
+        "cfg = RunConfig(**json.loads(sys.argv[1]))\n"
+        "print(json.dumps(reused_hookpoints(cfg, sys.argv[2])), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(cfg.public_dict()), str(reference)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == [json.dumps([HOOK]), "False"], out.stderr
+    other = make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus, n_tokens=N_TOKENS // 2)
+    assert reused_hookpoints(other, reference) == []
+    latents = tmp_path / "latents"
+    shutil.copytree(reference, latents)
+    damage(latents / HOOK, "truncated shard")
+    with pytest.raises(UserError, match="shard_1.safetensors is truncated"):
+        reused_hookpoints(cfg, latents)
+    assert reused_hookpoints(other, latents) == []  # rebuilt anyway: its damage does not matter
