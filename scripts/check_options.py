@@ -42,23 +42,26 @@ def main() -> int:
 
     from demo import DEMO_SETTINGS
 
+    from autointerp_full.cache.format import CONFIG_FILE
     from autointerp_full.cli import main as cli_main
+    from autointerp_full.layout import RunLayout
     from autointerp_full.models import smollm2_gguf_path
 
-    cache = Path(args.demo_run) / "latents"
-    if not (cache / "layers.15" / "config.json").exists():
+    demo = RunLayout(Path(args.demo_run))
+    cache = demo.latents
+    if not (demo.cache("layers.15") / CONFIG_FILE).exists():
         sys.exit(f"--demo_run: no finished demo cache in {cache}; run `make demo` first")
     gguf = str(smollm2_gguf_path())
     # The demo's own corpus path, so that its cache key matches and the cache is reused.
-    corpus = json.loads((cache / "layers.15" / "config.json").read_text())["dataset_repo"]
+    corpus = json.loads((demo.cache("layers.15") / CONFIG_FILE).read_text())["dataset_repo"]
     settings = [a for a in DEMO_SETTINGS]
     settings[settings.index("--max_latents") + 1] = str(args.latents + 1)  # latent 2 is skipped
     rows = []
     for i, option in enumerate(OPTIONS):
         name = f"option_{i}"
-        run = Path(args.results_dir) / name
-        if not (run / "latents").exists():
-            shutil.copytree(cache, run / "latents")
+        run = RunLayout(Path(args.results_dir) / name)
+        if not run.latents.exists():
+            shutil.copytree(cache, run.latents)
         argv = [
             gguf, str(ROOT / "shared" / "demo_sae"), *settings,
             "--explainer_model", gguf, "--dataset_repo", str(corpus),
@@ -70,7 +73,7 @@ def main() -> int:
             del argv[scorers_at : scorers_at + 3]  # the demo's "detection fuzz"
         start = time.perf_counter()
         code = cli_main(argv)
-        summary = json.loads((run / "summary.json").read_text()) if code == 0 else {}
+        summary = json.loads(run.summary.read_text()) if code == 0 else {}
         scored = {
             scorer: block["overall"]["n_scored"]
             for scorer, block in summary.get("scorers", {}).items()
