@@ -73,10 +73,11 @@ class RunConfig:
         False,
         "Randomised control (Heap et al. 2025): replace the sparse model's weights by random "
         "ones of the same architecture and shapes, seeded by --seed and the hookpoint. Every "
-        "encoder and decoder row becomes a random direction with the real row's norm; biases, "
-        "thresholds, k and input normalisation are kept, so activations stay on the real "
-        "scale (a TopK model still fires k latents per token). The cache is keyed apart from "
-        "the real model's. Compare its scores with a run on the real weights.",
+        "encoder and decoder row becomes a random direction with the real row's norm; "
+        "thresholds, k and input normalisation are kept, and the encoder biases are set so "
+        "that each latent fires as often as the real one on the first 8192 cached tokens. "
+        "The cache is keyed apart from the real model's. Compare its scores with a run on "
+        "the real weights.",
         "core",
     )
     hookpoints: list[str] = _opt(

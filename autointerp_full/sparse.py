@@ -20,7 +20,9 @@ Layouts, and how each is read so that latents match their reference library:
 SAELens and Gemma Scope files are looked for in `<root>/<hookpoint>/`, then in `<root>` itself.
 
 `randomize_weights` replaces a loaded model's weights by random ones of the same architecture
-and shapes (the `--random_sparse_model` control).
+and shapes, and `make_random_controls` calibrates their biases on the first tokens of the
+cache so that each random latent fires as often as its real one (the `--random_sparse_model`
+control).
 """
 
 from __future__ import annotations
@@ -131,13 +133,18 @@ class SparseCoder(torch.nn.Module):
             return (x - mu) / (std + LAYER_NORM_EPS), torch.stack((std, mu))
         return x, None
 
-    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder pre-activations [N, L] for inputs [N, d_in]."""
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder matrix sees: x in the weights' dtype, normalised, centred."""
         x = x.to(self.W_enc.dtype)
         if self.input_norm != "none":
             x = self._input_scale(x)[0]
         if self.center_input:
             x = x - self.b_dec
+        return x
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations [N, L] for inputs [N, d_in]."""
+        x = self.prepare_input(x)
         return (
             torch.addmm(self.b_enc, x, self.W_enc.T)
             if x.dim() == 2
@@ -582,9 +589,9 @@ def randomize_weights(coder: SparseCoder, seed: int, *, stream: str = "") -> Spa
 
     Every encoder row, decoder row and skip-connection row becomes a uniformly random direction
     of the same norm as before; biases, thresholds, b_dec, k and the input normalisation are
-    kept. Keeping the norms and the operating point keeps the activations on the real model's
-    scale: a TopK model still fires k latents on every token, and ReLU/JumpReLU latents face
-    the same biases and thresholds. Deterministic for (seed, stream)."""
+    kept, so activations stay on the real model's scale. Deterministic for (seed, stream).
+    The cache stage then sets the encoder biases from data (`make_random_controls`); the
+    directions, which the neighbour sources read, are these."""
     generator = torch.Generator().manual_seed(stream_seed(seed, stream))
     with torch.no_grad():
         _random_rows_like(coder.W_enc, generator)
@@ -592,3 +599,87 @@ def randomize_weights(coder: SparseCoder, seed: int, *, stream: str = "") -> Spa
         if coder.W_skip is not None:
             _random_rows_like(coder.W_skip, generator)
     return coder
+
+
+# Calibration of the random control: the first tokens of the cache, through the real model.
+CALIBRATION_TOKENS = 8192
+CALIBRATION_LATENTS = 4096  # latents per block when matching firing rates (bounded memory)
+
+
+@torch.no_grad()
+def firing_rates(coder: SparseCoder, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(the fraction of the inputs [N, d_in] on which each latent fires [L], the level a
+    pre-activation must exceed to fire). The level is 0 for ReLU; for TopK it is the median
+    over inputs of the k-th largest activation; JumpReLU uses each latent's threshold."""
+    n = max(1, x.shape[0])
+    counts = torch.zeros(coder.num_latents, dtype=torch.long, device=x.device)
+    smallest = torch.full((n,), float("inf"), device=x.device)
+    step = max(1, RANDOM_CHUNK_ELEMENTS // max(1, coder.num_latents))  # bounded memory
+    for start in range(0, x.shape[0], step):
+        rows, latents, values = coder.encode_sparse(x[start : start + step])
+        counts += torch.bincount(latents, minlength=coder.num_latents)
+        if coder.activation == "topk" and len(values):
+            smallest.scatter_reduce_(0, rows + start, values.float(), reduce="amin")
+    level = 0.0
+    if coder.activation == "topk" and torch.isfinite(smallest).any():
+        level = float(smallest[torch.isfinite(smallest)].median())
+    return (counts.float() / n).cpu(), level
+
+
+def match_firing_rates(
+    coder: SparseCoder, x: torch.Tensor, rates: torch.Tensor, level: float = 0.0
+) -> None:
+    """Set each latent's encoder bias so that it fires on `rates[i]` of the inputs [N, d_in]
+    (in place): b_i = cutoff_i - the (1 - rate_i) quantile of w_i . x, where the cutoff is the
+    threshold (JumpReLU) or `level` (ReLU: 0; TopK: where the real top k start, so that the
+    rates add up to about k and the values keep their scale). A latent that never fired gets
+    a bias that keeps it just below firing on these inputs. Latents are done in blocks."""
+    with torch.no_grad():
+        prepared = coder.prepare_input(x)
+        n = prepared.shape[0]
+        for start in range(0, coder.num_latents, CALIBRATION_LATENTS):
+            stop = min(start + CALIBRATION_LATENTS, coder.num_latents)
+            proj = (prepared @ coder.W_enc[start:stop].T).float()
+            ordered = proj.sort(dim=0).values
+            rate = rates[start:stop].to(ordered.device).float().clamp(0, 1)
+            # the inputs above index `at` fire: n - 1 - at of them, about rate * n
+            at = ((1 - rate) * n).floor().long().clamp(0, n - 1)
+            quantile = ordered.gather(0, at[None]).squeeze(0)
+            spread = (ordered[-1] - ordered[0]).clamp_min(1e-6)
+            quantile = torch.where(rate <= 0, ordered[-1] + 1e-3 * spread, quantile)
+            if coder.activation == "jumprelu":
+                cutoff = coder.threshold[start:stop].float()
+            else:
+                cutoff = torch.full_like(quantile, level)
+            coder.b_enc[start:stop] = (cutoff - quantile).to(coder.b_enc.dtype)
+
+
+def make_random_controls(
+    coders: dict[str, SparseCoder],
+    seed: int,
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    forward: Any,
+) -> None:
+    """Turn the loaded real models into the --random_sparse_model control, in place.
+
+    The directions come from `randomize_weights` (the same for a seed everywhere, so the
+    neighbour weights agree with the cache). The encoder biases are then set from data: on the
+    hidden states of the first CALIBRATION_TOKENS tokens of `tokens` (the same rows every time,
+    so a resumed cache gets the same model), each random latent fires as often as the real
+    latent did there. Without that, the inputs' large mean would switch random latents on
+    everywhere or nowhere. `forward(model, hookpoints, ids, inputs=...)` gives hidden states."""
+    n_rows = max(1, min(len(tokens), -(-CALIBRATION_TOKENS // max(1, tokens.shape[1]))))
+    hookpoints = list(coders)
+    inputs = frozenset(hp for hp in hookpoints if coders[hp].transcoder)
+    device = next(model.parameters()).device
+    ids = tokens[:n_rows].to(device=device, dtype=torch.long)
+    with torch.inference_mode():
+        hidden = forward(model, hookpoints, ids, inputs=inputs)
+    for hp in hookpoints:
+        coder = coders[hp]
+        with torch.no_grad():
+            x = hidden[hp].reshape(-1, hidden[hp].shape[-1]).to(coder.W_enc.dtype).clone()
+            rates, level = firing_rates(coder, x)
+            randomize_weights(coder, seed, stream=hp)
+            match_firing_rates(coder, x, rates, level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -12,7 +13,15 @@ from conftest import TINY_HIDDEN, write_sparsify_sae
 from safetensors.torch import save_file
 
 from autointerp_full.errors import UserError
-from autointerp_full.sparse import SparseCoder, check_dimensions, load_sparse_models
+from autointerp_full.sparse import (
+    SparseCoder,
+    check_dimensions,
+    firing_rates,
+    load_sparse_models,
+    make_random_controls,
+    match_firing_rates,
+    randomize_weights,
+)
 
 D, L = 16, 48
 
@@ -674,33 +683,13 @@ def test_random_weights_key_the_cache_apart(tmp_path: Path) -> None:
     assert (real.random_sparse_seed, rnd.random_sparse_seed) == (None, 22)
 
 
-def _centred_tiny_sae(model_dir: Path, corpus: Path, root: Path) -> Path:
-    """A tiny TopK SAE whose b_dec is the mean hidden state at layers.1, as a trained SAE's
-    is close to: random directions then see centred inputs, as real ones do."""
-    from safetensors.torch import load_file
-
-    from autointerp_full import models
-
-    write_sparsify_sae(root, "layers.1", seed=4)
-    model, tok = models.load_subject_model(str(model_dir), device="cpu", dtype="float32")
-    text = " ".join(json.loads(line)["text"] for line in corpus.read_text().splitlines()[:20])
-    ids = tok(text, return_tensors="pt").input_ids[:, :512]
-    with torch.inference_mode():
-        hidden = models.HookedForward(model, ["layers.1"])(ids)["layers.1"]
-    tensors = load_file(str(root / "layers.1" / "sae.safetensors"))
-    tensors["b_dec"] = hidden.reshape(-1, hidden.shape[-1]).mean(0).contiguous()
-    # biases on the scale of the projections (the fixture's are far larger than a tiny
-    # random model's hidden states, and would pick the same k latents on every token)
-    tensors["encoder.bias"] = torch.zeros_like(tensors["encoder.bias"])
-    save_file(tensors, str(root / "layers.1" / "sae.safetensors"))
-    return root
-
-
 def test_cache_of_the_random_control_is_full_and_differs(
-    tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path
+    tiny_model_dir: Path, tiny_corpus: Path, tiny_sae_dir: Path, tmp_path: Path
 ) -> None:
     """The whole cache stage runs on the random weights: every token still fires k latents,
-    most latents fire somewhere, and the cache is not the real model's."""
+    the latents fire about as often as the real ones (the biases are calibrated on the first
+    rows; the fixture's uncentred inputs and large biases would otherwise pick the same few
+    latents everywhere), and the cache is not the real model's."""
     from autointerp_full.cache import build_cache
     from autointerp_full.cache.reader import CacheReader
     from autointerp_full.config import RunConfig
@@ -708,7 +697,7 @@ def test_cache_of_the_random_control_is_full_and_differs(
     def run(random: bool, out: Path) -> CacheReader:
         cfg = RunConfig(
             model=str(tiny_model_dir),
-            sparse_model=str(sae_dir),
+            sparse_model=str(tiny_sae_dir),
             hookpoints=["layers.1"],
             dataset_repo=str(tiny_corpus),
             dataset_split="train",
@@ -722,12 +711,72 @@ def test_cache_of_the_random_control_is_full_and_differs(
         )
         return CacheReader(build_cache(cfg, out)["layers.1"])
 
-    sae_dir = _centred_tiny_sae(tiny_model_dir, tiny_corpus, tmp_path / "sae")
     real, rnd = run(False, tmp_path / "real"), run(True, tmp_path / "random")
     assert rnd.config["sparse_weights"] == "random (seed 22)"
     assert real.config["sparse_weights"] == "trained"
     counts_real, counts_rnd = real.firing_counts(), rnd.firing_counts()
     n_tokens = rnd.tokens().numel()
     assert int(counts_rnd.sum()) == 8 * n_tokens  # k = 8 on every token
-    assert int((counts_rnd > 0).sum()) > 0.8 * rnd.num_latents
+    fired_real, fired_rnd = int((counts_real > 0).sum()), int((counts_rnd > 0).sum())
+    assert fired_rnd >= 0.7 * fired_real
+    rates = torch.stack([counts_real.float(), counts_rnd.float()])
+    assert torch.corrcoef(rates)[0, 1] > 0.8
     assert not torch.equal(counts_real, counts_rnd)
+    # where a latent fires is the random control's own, not the real model's
+    middling = [
+        i for i in range(rnd.num_latents) if 0.1 * n_tokens < counts_real[i] < 0.9 * n_tokens
+    ]
+    assert middling
+    assert any(not torch.equal(real.latent(i)[0], rnd.latent(i)[0]) for i in middling)
+
+
+def _offset_inputs(n: int, seed: int) -> torch.Tensor:
+    """Inputs with a large common mean, as a language model's residual stream has."""
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(D, generator=g) * 3.0
+    return mean + torch.randn(n, D, generator=torch.Generator().manual_seed(seed + 1))
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk"])
+def test_calibrated_random_control_fires_as_often_as_the_real_model(activation: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    real = SparseCoder(D, L, activation=activation, k=6 if activation == "topk" else None)
+    with torch.no_grad():
+        real.W_enc.copy_(torch.randn(L, D, generator=g) / D**0.5)
+        calib = _offset_inputs(4000, 1)
+        pre = real.pre_acts(calib)
+        wanted = torch.linspace(0.002, 0.3, L)  # firing rates from rare to common
+        real.b_enc.sub_(pre.quantile(1 - wanted, dim=0).diagonal())
+        if activation == "jumprelu":
+            real.threshold.copy_(torch.rand(L, generator=g) * 0.5)
+    held_out = _offset_inputs(4000, 1)[2000:]
+    train = calib[:2000]
+    rates, level = firing_rates(real, train)
+    control = randomize_weights(copy.deepcopy(real), 3)
+    uncalibrated = (control.encode(held_out) > 0).float().mean(0)
+    match_firing_rates(control, train, rates, level)
+    calibrated = (control.encode(held_out) > 0).float().mean(0)
+    target = (real.encode(held_out) > 0).float().mean(0)
+    err_cal = (calibrated - target).abs().mean()
+    err_raw = (uncalibrated - target).abs().mean()
+    assert err_cal < 0.02, err_cal
+    assert err_cal < 0.5 * err_raw
+    if activation == "topk":
+        assert ((control.encode(held_out) > 0).sum(dim=1) <= 6).all()
+
+
+def test_make_random_controls_is_deterministic(tiny_model_dir: Path, tiny_sae_dir: Path) -> None:
+    from autointerp_full import models
+
+    model, _ = models.load_subject_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    tokens = torch.randint(3, 200, (40, 32), generator=torch.Generator().manual_seed(0))
+    made = []
+    for _ in range(2):
+        coders = load_sparse_models(str(tiny_sae_dir), ["layers.1"])
+        make_random_controls(coders, 22, model, tokens, models.forward_to_hooks)
+        made.append(coders["layers.1"])
+    torch.testing.assert_close(made[0].b_enc, made[1].b_enc, rtol=0, atol=0)
+    torch.testing.assert_close(made[0].W_enc, made[1].W_enc, rtol=0, atol=0)
+    # the directions are those load_sparse_models(random_seed=...) gives (neighbours use them)
+    plain = load_sparse_models(str(tiny_sae_dir), ["layers.1"], random_seed=22)["layers.1"]
+    torch.testing.assert_close(plain.W_enc, made[0].W_enc, rtol=0, atol=0)

@@ -85,12 +85,7 @@ def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
     )
     param = next(model.parameters())
     coders = sparse.load_sparse_models(
-        cfg.sparse_model,
-        todo,
-        device=param.device,
-        dtype=param.dtype,
-        token=cfg.token,
-        random_seed=cfg.random_sparse_seed,  # --random_sparse_model: the randomised control
+        cfg.sparse_model, todo, device=param.device, dtype=param.dtype, token=cfg.token
     )
     width = models.hidden_size(model)
     for hp in todo:
@@ -119,6 +114,8 @@ def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
         else:
             spill.start_fresh(state, tokens, why or "its token rows differ")
 
+    if cfg.random_sparse_model:  # the randomised control, its biases set on the first rows
+        sparse.make_random_controls(coders, cfg.seed, model, tokens, models.forward_to_hooks)
     bos_id = tokenizer.bos_token_id if cfg.filter_bos else None
     if cfg.filter_bos and bos_id is None:
         log.warning("--filter_bos: the tokenizer has no BOS token; nothing is filtered")
