@@ -223,6 +223,18 @@ def test_local_models_are_handed_the_explanation_marker() -> None:
     assert client.calls[0]["messages"][-1]["role"] != "assistant"
 
 
+def test_a_local_answer_is_its_first_line_so_rambling_after_it_is_no_cut() -> None:
+    # The line was finished before the token limit: it is the answer.
+    ramble = CutReply("\nthe word cat\nThe tokens with the symbol & are tokens that", "length")
+    result, client = run(record(), RunConfig(), [ramble])
+    assert result.explanation == "the word cat" and result.retries == 0
+    assert client.calls[0]["max_tokens"] < 256  # one line is all that is left to write
+    # Cut inside the line: asked again.
+    cut = CutReply(" the word cat and the tokens aro", "length")
+    result, client = run(record(), RunConfig(answer_retries=1), [cut, " cats"])
+    assert result.explanation == "cats" and result.retries == 1
+
+
 def test_llm_error_type_is_caught() -> None:
     base = pytest.importorskip("autointerp_full.llm.base")
     result, _ = run(record(), api(), [base.LLMError("timed out")])

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 256  # an explanation is one sentence; leave room for a short preamble
+OPENED_MAX_TOKENS = 96  # after a handed-over "[EXPLANATION]: " only the sentence is left
 COT_MAX_TOKENS = 1024
 NP_MAX_ACT_EXAMPLES = 10
 
@@ -259,6 +260,7 @@ async def explain(
     opening = answer_opening(cfg, explainer)
     if opening:
         messages = [*messages, {"role": "assistant", "content": opening}]
+        max_tokens = min(max_tokens, OPENED_MAX_TOKENS)
     retries = 0
     temperature = 0.0
     while True:
@@ -270,15 +272,29 @@ async def explain(
             error = f"LLM request failed: {type(exc).__name__}: {exc}"
             return ExplainResult(None, "", error, retries)
         raw = opening + (completion.text or "")
-        problem = answer_problem(raw, getattr(completion, "finish_reason", None))
+        answer, finish = raw, getattr(completion, "finish_reason", None)
+        if opening:
+            answer, finish = first_line(raw, len(opening), finish)
+        problem = answer_problem(answer, finish)
         if problem is None:
-            return ExplainResult(parse_explanation(raw), raw, None, retries)
+            return ExplainResult(parse_explanation(answer), raw, None, retries)
         if retries >= cfg.answer_retries:
             snippet = " ".join(raw.split())[:120]
             error = f"{problem} (after {retries + 1} answers): {snippet!r}"
             return ExplainResult(None, raw, error, retries)
         retries += 1
         temperature = RETRY_TEMPERATURE
+
+
+def first_line(raw: str, start: int, finish_reason: str | None) -> tuple[str, str | None]:
+    """An answer that continues the handed-over opening is that one line: the text up to the
+    first line break after some text from `start` on. What follows is not part of the answer,
+    as if generation had stopped at the line break, so a token limit reached later did not cut
+    the explanation. Without such a break the whole text and its finish reason stand."""
+    match = re.compile(r"\S[^\n]*\n").search(raw, start)
+    if match is None:
+        return raw, finish_reason
+    return raw[: match.end() - 1], "stop"
 
 
 def answer_opening(cfg: RunConfig, explainer: str) -> str:
