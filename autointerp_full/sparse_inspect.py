@@ -430,6 +430,9 @@ def _inspect_hub(repo: str, hookpoints: list[str], token: str | None) -> dict[st
 
 
 # --------------------------------------------------------------------------- entry points
+_HUB_MEMO: dict[tuple[str, tuple[str, ...], str | None], dict[str, SparseInfo]] = {}
+
+
 def inspect_sparse_model(
     sparse_model: str, hookpoints: list[str], token: str | None = None
 ) -> dict[str, SparseInfo]:
@@ -438,7 +441,11 @@ def inspect_sparse_model(
     if is_local(sparse_model):
         located = locate_local(sparse_model, hookpoints)
         return {hp: _inspect_local(hp, folder, layout) for hp, (folder, layout) in located.items()}
-    return _inspect_hub(sparse_model, hookpoints, token)
+    # A hub answer is kept for the process: the cache key asks again for every hookpoint.
+    memo_key = (sparse_model, tuple(hookpoints), token)
+    if memo_key not in _HUB_MEMO:
+        _HUB_MEMO[memo_key] = _inspect_hub(sparse_model, hookpoints, token)
+    return dict(_HUB_MEMO[memo_key])
 
 
 def sparse_fingerprint(sparse_model: str, hookpoint: str, token: str | None = None) -> str:

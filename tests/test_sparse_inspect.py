@@ -236,7 +236,9 @@ def test_hub_repo_is_read_through_the_api(monkeypatch: pytest.MonkeyPatch, sae: 
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(sparse_inspect, "_HUB_MEMO", {})
     info = inspect_sparse_model("someone/some-sae", ["layers.1"])["layers.1"]
+    assert sparse_fingerprint("someone/some-sae", "layers.1") == info.fingerprint
     assert (info.d_in, info.num_latents, info.layout) == (TINY_HIDDEN, TINY_LATENTS, "sparsify")
     assert info.weights_file == "someone/some-sae/layers.1/sae.safetensors"
     assert asked == ["layers.1/sae.safetensors"]
