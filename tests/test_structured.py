@@ -281,6 +281,26 @@ def test_structured_output_on_without_support_is_a_one_line_error() -> None:
     assert message.startswith("--structured_output on:") and "\n" not in message
 
 
+def test_make_client_with_on_stops_before_any_work() -> None:
+    from autointerp_full.llm import make_client
+
+    with ScriptedLLMServer(honouring_responder(())) as server:
+        openai_compat._STRUCTURED_SUPPORT.clear()
+        cfg = RunConfig(
+            explainer_provider="vllm",
+            explainer_api_base_url=server.url,
+            explainer_model="test-model",
+            structured_output="on",
+        )
+        with pytest.raises(UserError, match="^--structured_output on: the server at"):
+            make_client(cfg, "score")
+        assert server.chat_requests == 2  # the two probe styles, nothing else
+    with ScriptedLLMServer(honouring_responder(("json_schema",))) as server:
+        openai_compat._STRUCTURED_SUPPORT.clear()
+        cfg = RunConfig(**{**cfg.public_dict(), "explainer_api_base_url": server.url})
+        assert make_client(cfg, "score").check_structured_output() == "json_schema"
+
+
 def test_structured_output_off_never_probes_or_constrains() -> None:
     with ScriptedLLMServer(honouring_responder(("json_schema",))) as server:
         asyncio.run(ask_twice(client_for(server, "off"), DETECTION_SCHEMA))

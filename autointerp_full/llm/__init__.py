@@ -32,7 +32,8 @@ __all__ = [
 
 def make_client(cfg: RunConfig, stage: str, *, check: bool = True) -> LLMClient:
     """Build the client for `stage`. API providers check /v1/models first (fail fast on a dead
-    server or a model it does not serve) unless `check` is False."""
+    server or a model it does not serve) unless `check` is False; with --structured_output on,
+    a provider that cannot constrain answers to a schema is a UserError here too."""
     provider = cfg.explainer_provider
     if provider in ("vllm", "openrouter"):
         from autointerp_full.llm.openai_compat import OpenAICompatClient
@@ -40,11 +41,16 @@ def make_client(cfg: RunConfig, stage: str, *, check: bool = True) -> LLMClient:
         client = OpenAICompatClient.from_config(cfg, stage)
         if check:
             client.check_models()
+            if cfg.structured_output == "on":  # stop before any work if it cannot be honoured
+                client.check_structured_output()
         return client
     if provider == "offline":
         from autointerp_full.llm.offline import OfflineClient
 
-        return OfflineClient(cfg, stage)
+        offline = OfflineClient(cfg, stage)
+        if check and cfg.structured_output == "on":
+            offline.structured_mode()  # the transformers engine cannot constrain: UserError
+        return offline
     raise UserError(f"--explainer_provider: unknown provider {provider!r}")
 
 

@@ -358,28 +358,41 @@ class OpenAICompatClient:
 
     # ------------------------------------------------------------------ structured output
     async def structured_style(self) -> str:
-        """The response_format style this server honours ("" for none), probed once.
-
-        The probe asks "Say hello." under a schema whose only valid answer is
-        {"probe": "zq7"}: a server that ignores response_format answers something else, one
-        that rejects it answers HTTP 4xx; either way the next style is tried. Probe requests
-        are not counted in usage (they are not generate() calls). With --structured_output on,
-        no honoured style is a UserError."""
+        """The response_format style this server honours ("" for none), probed once per server
+        and model (see probe_structured_output); with --structured_output on, none is a
+        UserError."""
         key = (self.base_url, self.model)
         if key not in _STRUCTURED_SUPPORT:
             if self._shared["probe_lock"] is None:
                 self._shared["probe_lock"] = asyncio.Lock()
             async with self._shared["probe_lock"]:
                 if key not in _STRUCTURED_SUPPORT:
-                    _STRUCTURED_SUPPORT[key] = await self._probe()
-        style = _STRUCTURED_SUPPORT[key]
+                    _STRUCTURED_SUPPORT[key] = await asyncio.to_thread(self.probe_structured_output)
+        return self._required(_STRUCTURED_SUPPORT[key])
+
+    def check_structured_output(self) -> str:
+        """Blocking, at start: the honoured style, probed now (for --structured_output on, so
+        an unsupported server stops the run before any work)."""
+        key = (self.base_url, self.model)
+        if key not in _STRUCTURED_SUPPORT:
+            _STRUCTURED_SUPPORT[key] = self.probe_structured_output()
+        return self._required(_STRUCTURED_SUPPORT[key])
+
+    def _required(self, style: str) -> str:
         if not style and self.structured_output == "on":
             raise structured.unsupported(f"the server at {self.base_url} (model {self.model})")
         return style
 
-    async def _probe(self) -> str:
-        self._lanes()
-        sem: asyncio.Semaphore = self._shared["sem"]
+    def probe_structured_output(self) -> str:
+        """Which response_format style the server honours, or "" (blocking).
+
+        The probe asks "Say hello." under a schema whose only valid answer is
+        {"probe": "zq7"}: a server that ignores response_format answers something else, one
+        that rejects it answers an HTTP error; either way the next style is tried. Probe
+        requests are not counted in usage (they are not generate() calls)."""
+        import httpx
+
+        url = f"{self.base_url}/chat/completions"
         for style in structured.STYLES:
             body = {
                 "model": self.model,
@@ -388,25 +401,35 @@ class OpenAICompatClient:
                 "temperature": 0.0,
                 "response_format": structured.response_format(style, structured.PROBE_SCHEMA),
             }
-            payload = json.dumps(body).encode()
             outcome = "no answer"
             for attempt in range(PROBE_ATTEMPTS):
                 try:
-                    async with sem:
-                        completion = await self._attempt(payload)
+                    resp = httpx.post(
+                        url, json=body, headers=self._headers(), timeout=self.request_timeout
+                    )
+                except httpx.HTTPError as exc:
+                    outcome = f"connection error ({type(exc).__name__})"
+                    time.sleep(self._backoff(attempt, None))
+                    continue
+                if resp.status_code != 200:
+                    outcome = f"HTTP {resp.status_code}"
+                    # A rejected field is final (llama-cpp-python rejects it with a 500); a
+                    # busy or failing server is asked again.
+                    rejected = "response_format" in resp.text or resp.status_code < 500
+                    if rejected and resp.status_code != 429:
+                        break
+                    wait = _retry_after(resp.headers.get("retry-after"))
+                    time.sleep(self._backoff(attempt, wait))
+                    continue
+                try:
+                    text = parse_completion(resp.content).text
                 except _Retryable as exc:
                     outcome = str(exc)
-                    if "response_format" in outcome:
-                        break  # a server rejecting the field with a 5xx (llama-cpp-python's)
-                    await asyncio.sleep(self._backoff(attempt, exc.wait))
                     continue
-                except LLMError as exc:  # 4xx: this style is rejected
-                    outcome = str(exc)
-                    break
-                if structured.is_probe_answer(completion.text):
+                if structured.is_probe_answer(text):
                     log.info("%s honours response_format (%s)", self.base_url, style)
                     return style
-                outcome = f"ignored (answered {completion.text[:60]!r})"
+                outcome = f"ignored (answered {text[:60]!r})"
                 break
             log.info("%s: response_format %s not honoured: %s", self.base_url, style, outcome)
         return ""
