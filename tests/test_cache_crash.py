@@ -275,6 +275,7 @@ def test_merge_steps_are_recorded(tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp
         {"dataset_column": "no_such_column"},
         {"dataset_split": "no_such_split"},
         {"dataset_repo": "/no/such/corpus.jsonl"},
+        {"hookpoints": [HOOK, "layers.99"], "n_tokens": N_TOKENS // 2},
     ],
 )
 def test_failed_rebuild_keeps_the_complete_cache(
