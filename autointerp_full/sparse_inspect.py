@@ -203,7 +203,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], bytes]:
         with open(path, "rb") as fh:
             head = fh.read(8)
             n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-            raw = head + (fh.read(n) if 8 + n <= size else b"")
+            raw = head + (fh.read(n) if n <= _MAX_HEADER and 8 + n <= size else b"")
             tensors = parse_safetensors_header(raw, size, path)
             start = len(raw)
             fh.seek(start)
