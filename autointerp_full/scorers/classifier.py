@@ -15,6 +15,7 @@ from autointerp_full.scorers.answers import (
     answer_schema,
     binary_probabilities,
     json_binary_answers,
+    spells_json,
 )
 from autointerp_full.scorers.base import (
     Answer,
@@ -109,9 +110,8 @@ def answer_probabilities(logprobs: list[Any] | None, n: int) -> list[float] | No
     handed-over opening, which offline clients include in the logprobs)."""
     if not logprobs:
         return None
-    from_json = binary_probabilities(logprobs, n)
-    if from_json is not None:
-        return from_json
+    if spells_json(logprobs):
+        return binary_probabilities(logprobs, n)
     positions = list_answer_positions(logprobs, {"0", "1"})
     if len(positions) != n:
         return None

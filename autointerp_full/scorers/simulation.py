@@ -9,7 +9,12 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from autointerp_full.scorers.answers import answer_schema, expected_values, json_predictions
+from autointerp_full.scorers.answers import (
+    answer_schema,
+    expected_values,
+    json_predictions,
+    spells_json,
+)
 from autointerp_full.scorers.base import (
     Answer,
     Scorer,
@@ -89,9 +94,8 @@ def expected_levels(logprobs: list[Any] | None, n: int) -> list[float] | None:
     text."""
     if not logprobs:
         return None
-    from_json = expected_values(logprobs, n, SCALE)
-    if from_json is not None:
-        return from_json
+    if spells_json(logprobs):
+        return expected_values(logprobs, n, SCALE)
     positions = prediction_positions(logprobs)
     if len(positions) != n:
         return None
