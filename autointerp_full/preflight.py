@@ -60,7 +60,9 @@ def check_results_dir(cfg: RunConfig) -> None:
     results = Path(cfg.results_dir).expanduser()
     if results.exists() and not results.is_dir():
         raise UserError(f"--results_dir: {cfg.results_dir!r} is a file, not a folder")
-    run_dir = results / cfg.run_name
+    from autointerp_full.layout import RunLayout
+
+    run_dir = RunLayout.of(cfg).root
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--name: {str(run_dir)!r} is a file, not a run folder")
     existing = results
@@ -135,11 +137,9 @@ def check_dataset(cfg: RunConfig) -> None:
 def check_llm(cfg: RunConfig) -> None:
     """Remote providers: the server answers, serves --explainer_model, has its API key. The
     offline provider: --explainer_model exists (a local file or folder) or its config loads."""
-    from autointerp_full import llm
+    from autointerp_full.llm import check_llm as check
 
-    check = getattr(llm, "check_llm", None)
-    if check is not None:
-        check(cfg)
+    check(cfg)
 
 
 def check_caches(cfg: RunConfig) -> None:
