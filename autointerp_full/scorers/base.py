@@ -326,6 +326,13 @@ def batch_counts(n_batches: int, n_failed_batches: int, n_retries: int) -> dict[
     }
 
 
+def carried_retries(previous: dict[str, Any] | None, kept: dict[int, Any]) -> int:
+    """The re-asks counted by `previous`, when its answers are kept: n_retries covers every run."""
+    if not previous or not kept:
+        return 0
+    return int((previous.get("metrics") or {}).get("n_retries") or 0)
+
+
 def reusable_answers(
     previous: dict[str, Any] | None, batches: Sequence[Sequence[str]]
 ) -> dict[int, list[dict[str, Any]]]:

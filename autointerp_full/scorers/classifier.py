@@ -24,6 +24,7 @@ from autointerp_full.scorers.base import (
     auc,
     batch_counts,
     binary_metrics,
+    carried_retries,
     example_text,
     failure_messages,
     list_answer_positions,
@@ -169,7 +170,7 @@ class ClassifierScorer(Scorer):
 
         records: list[dict[str, Any]] = []
         errors: list[str] = []
-        retries = int((previous or {}).get("metrics", {}).get("n_retries", 0)) if kept else 0
+        retries = carried_retries(previous, kept)
         for index, batch in enumerate(batches):
             if index in kept:
                 records += kept[index]

@@ -14,6 +14,7 @@ from autointerp_full.scorers.base import (
     Scorer,
     Unreadable,
     batch_counts,
+    carried_retries,
     failure_messages,
     reusable_answers,
 )
@@ -74,7 +75,7 @@ class IntruderScorer(Scorer):
 
         records: list[dict[str, Any]] = []
         errors: list[str] = []
-        retries = int((previous or {}).get("metrics", {}).get("n_retries", 0)) if kept else 0
+        retries = carried_retries(previous, kept)
         for index, (shown, position) in enumerate(prompts):
             if index in kept:
                 records += kept[index]

@@ -20,6 +20,7 @@ from autointerp_full.scorers.base import (
     Scorer,
     Unreadable,
     batch_counts,
+    carried_retries,
     example_text,
     failure_messages,
     is_constant,
@@ -146,7 +147,7 @@ class SimulationScorer(Scorer):
 
         records: list[dict[str, Any]] = []
         errors: list[str] = []
-        retries = int((previous or {}).get("metrics", {}).get("n_retries", 0)) if kept else 0
+        retries = carried_retries(previous, kept)
         for index, (example, activating) in enumerate(chosen):
             if index in kept:
                 records += kept[index]
