@@ -16,7 +16,8 @@ Layouts, and how each is read so that latents match their reference library:
   rescales each input to norm sqrt(d_in), "layer_norm" standardises each input.
 - Gemma Scope: `params.npz` (`W_enc` [d_in, L], `W_dec`, `b_enc`, `b_dec`, `threshold`); JumpReLU.
   A Gemma Scope model whose folder or repo names "transcoder" is a transcoder that reads the
-  MLP input (the input of `layers.N.mlp`, after the pre-MLP norm), as SAELens hooks it.
+  MLP input (the input of `layers.N.mlp`, after the pre-MLP norm: SAELens's
+  `blocks.N.ln2.hook_normalized`).
 SAELens and Gemma Scope files are looked for in `<root>/<hookpoint>/`, then in `<root>` itself.
 
 `randomize_weights` replaces a loaded model's weights by random ones of the same architecture
@@ -342,10 +343,12 @@ def fold_decoder_norm(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _saelens_site(cfg: dict[str, Any]) -> str:
-    """'mlp_input' when SAELens's hook name is the MLP input (ln2.hook_normalized, hook_mlp_in)."""
+    """'mlp_input' when SAELens's hook name is the normalised MLP input (ln2.hook_normalized,
+    the input of a Hugging Face model's `mlp` module). TransformerLens's hook_mlp_in comes
+    before the norm, so it does not name that input and is left unchecked."""
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     hook = str(cfg.get("hook_name") or cfg.get("hook_point") or meta.get("hook_name") or "")
-    return "mlp_input" if hook.endswith(("ln2.hook_normalized", "hook_mlp_in")) else ""
+    return "mlp_input" if hook.endswith("ln2.hook_normalized") else ""
 
 
 def load_saelens(
@@ -422,8 +425,11 @@ def load_saelens(
 
 def _names_transcoder(folder: Path) -> bool:
     """Gemma Scope marks transcoders only in the repo and folder names
-    (google/gemma-scope-2b-pt-transcoders/layer_N/...); a hub snapshot keeps the repo name."""
-    return "transcoder" in str(folder.resolve()).lower()
+    (google/gemma-scope-2b-pt-transcoders/layer_N/width_16k/average_l0_M). Only the folder and
+    the few above it that such a layout spans are read (a hub snapshot keeps the repo name as
+    `models--google--gemma-scope-2b-pt-transcoders/snapshots/<hash>/`), so an unrelated
+    folder higher up whose name says "transcoder" does not count."""
+    return any("transcoder" in part.lower() for part in folder.resolve().parts[-6:])
 
 
 def load_gemma_scope(

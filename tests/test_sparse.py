@@ -455,6 +455,10 @@ def test_gemma_scope_sae_is_not_a_transcoder(tmp_path: Path) -> None:
     write_gemma_scope(folder, random_weights())
     coder = load_sparse_models(str(folder), ["layers.3"])["layers.3"]
     assert not coder.transcoder and coder.input_site == ""
+    # a folder far above the model's own layout that mentions transcoders does not count
+    deep = tmp_path / "transcoder-study" / "runs" / "a" / "b" / "c" / "res" / "layer_3"
+    write_gemma_scope(deep, random_weights())
+    assert not load_sparse_models(str(deep), ["layers.3"])["layers.3"].transcoder
 
 
 # --------------------------------------------------------------------- sparsify skip connections
