@@ -98,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("interrupted; rerun the same command to resume\n")
         return 130
     except UserError as err:
-        sys.stderr.write(f"autointerp_full: error: {err}\n")
+        # One line, whatever the message carries (a wrapped library error may hold newlines).
+        sys.stderr.write(f"autointerp_full: error: {' '.join(str(err).split())}\n")
         return 2
 
 

@@ -457,3 +457,16 @@ def test_subprocess_gives_one_line_and_no_traceback(case: str, make_ctx) -> None
         timeout=300,
     )
     check_refusal(CASES[case][0], proc.returncode, proc.stderr, before, tree_state(ctx.results))
+
+
+def test_a_multiline_message_still_prints_one_line(monkeypatch, capsys) -> None:
+    import autointerp_full.run
+    from autointerp_full.errors import UserError
+
+    def fail(cfg) -> int:
+        raise UserError("--model: cannot load 'x': first line\n  second line")
+
+    monkeypatch.setattr(autointerp_full.run, "run_all", fail)
+    assert main(["m", "s", "--hookpoints", "layers.0", "--no-verbose"]) == 2
+    err = capsys.readouterr().err
+    assert err == "autointerp_full: error: --model: cannot load 'x': first line second line\n"
