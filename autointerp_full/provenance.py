@@ -223,10 +223,28 @@ def score_inputs(
 
 @dataclass(frozen=True)
 class Explanation:
-    """An explanation's text and the fingerprint recorded beside it (None if none was)."""
+    """An explanation's text and the fingerprint recorded beside it (None if none was, or if
+    the text is not the one the record vouches for)."""
 
     text: str
     fingerprint: str | None
+
+
+TEXT_SHA = "text_sha256"
+
+
+def explanation_record(hookpoint: str, latent: int, text: str, inputs: dict[str, Any]) -> dict:
+    """The provenance file of one explanation: written before the text, it names the text's
+    hash, so a kill between the two writes leaves a text nobody vouches for (redone)."""
+    return stamp({"hookpoint": hookpoint, "latent": latent, TEXT_SHA: text_hash(text)}, inputs)
+
+
+def vouched_fingerprint(record: Any, text: str) -> str | None:
+    """The recorded fingerprint if `record` vouches for exactly this text, else None."""
+    fp = recorded_fingerprint(record)
+    if fp is None or record.get(TEXT_SHA) != text_hash(text):
+        return None
+    return fp
 
 
 # ------------------------------------------------------------------------- what changed

@@ -287,16 +287,14 @@ class LLMWork:
         side = layout.explanation_provenance_file(
             self.explanations_dir, record.hookpoint, record.latent
         )
-        recorded = prov.read_json_or_none(side)
-        return prov.Explanation(
-            text_path.read_text(encoding="utf-8"), prov.recorded_fingerprint(recorded)
-        )
+        text = text_path.read_text(encoding="utf-8")
+        return prov.Explanation(text, prov.vouched_fingerprint(prov.read_json_or_none(side), text))
 
-    def _recorded_explanation_inputs(self, record: LatentRecord) -> dict[str, Any] | None:
+    def _recorded_explanation(self, record: LatentRecord) -> Any:
         side = layout.explanation_provenance_file(
             self.explanations_dir, record.hookpoint, record.latent
         )
-        return prov.recorded_inputs(prov.read_json_or_none(side))
+        return prov.read_json_or_none(side)
 
     async def explanation(self, item: LoadedExamples) -> prov.Explanation | None:
         """The latent's current explanation: reused, read, or written now (None if it failed)."""
@@ -331,7 +329,10 @@ class LLMWork:
             return "--overwrite explanations"
         if existing is None:
             return prov.NEW
-        return prov.reason_changed(self._recorded_explanation_inputs(record), inputs)
+        recorded = self._recorded_explanation(record)
+        if prov.recorded_fingerprint(recorded) == prov.fingerprint(inputs):
+            return "text not the one its provenance records"
+        return prov.reason_changed(prov.recorded_inputs(recorded), inputs)
 
     async def _write_explanation(
         self, item: LoadedExamples, inputs: dict[str, Any]
@@ -346,13 +347,12 @@ class LLMWork:
             self.explain_failures[stem] = result.error or "failed"
             return None
         hp, latent = record.hookpoint, record.latent
-        # Text first: a kill between the two writes leaves the old fingerprint, so a rerun
-        # redoes this latent rather than trusting a text it cannot vouch for.
-        atomic_write_text(layout.explanation_file(self.explanations_dir, hp, latent),
-                          result.explanation)  # fmt: skip
-        side = {"hookpoint": hp, "latent": latent}
-        atomic_write_json(layout.explanation_provenance_file(self.explanations_dir, hp, latent),
-                          prov.stamp(side, inputs))  # fmt: skip
+        text = result.explanation
+        # Provenance first, naming the text's hash: a kill before the text is written leaves
+        # a text the record does not vouch for, and a rerun redoes it.
+        side = layout.explanation_provenance_file(self.explanations_dir, hp, latent)
+        atomic_write_json(side, prov.explanation_record(hp, latent, text, inputs))
+        atomic_write_text(layout.explanation_file(self.explanations_dir, hp, latent), text)
         return prov.Explanation(result.explanation, prov.fingerprint(inputs))
 
     # -- scores

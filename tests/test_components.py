@@ -123,11 +123,11 @@ def test_examples_explanations_scores_summary(tmp_path: Path) -> None:
     (xp / "provenance").mkdir()
     side = xp / "provenance" / "layers.1_latent_7.json"
     side.write_text(json.dumps({"hookpoint": "layers.1", "latent": 7, "fingerprint": "ab",
-                                "inputs": {}}))  # fmt: skip
+                                "inputs": {}, "text_sha256": FP}))  # fmt: skip
     with pytest.raises(UserError, match="provenance schema at fingerprint"):
         validate_artifact("explanations", xp)
     side.write_text(json.dumps({"hookpoint": "layers.1", "latent": 7, "fingerprint": FP,
-                                "inputs": {}}))  # fmt: skip
+                                "inputs": {}, "text_sha256": FP}))  # fmt: skip
     validate_artifact("explanations", xp)
     (xp / "layers.1_latent_8.txt").write_text("")
     with pytest.raises(UserError, match="explanation schema at explanation"):

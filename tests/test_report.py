@@ -87,7 +87,7 @@ class Stamper:
         folder = self.run / "explanations"
         inputs = prov.explanation_inputs(self.cfg, self.prompts, self.examples_fp)
         write(layout.explanation_file(folder, HP, latent), text)
-        side = prov.stamp({"hookpoint": HP, "latent": latent}, inputs)
+        side = prov.explanation_record(HP, latent, text, inputs)
         write(layout.explanation_provenance_file(folder, HP, latent), side)
         self.explanations[latent] = prov.Explanation(text, prov.fingerprint(inputs))
 
@@ -214,7 +214,11 @@ def test_summary_follows_the_configuration(run_dir: Path) -> None:
     assert summary["scorers"]["detection"]["overall"]["n_latents"] == 2
     (run_dir / "explanations" / f"{HP}_latent_1.txt").write_text("edited by hand")
     summary = write_summary(run_dir, config())
-    # The explanation still counts (its provenance stands), but its score was of another text.
+    # Its provenance does not vouch for the edited text, and its score was of the old one.
+    assert summary["explanations"][HP]["n_explained"] == 2
+    assert summary["scorers"]["detection"]["overall"]["n_latents"] == 2
+    # Under --explainer none the text is taken as it is; the old score is still of another text.
+    summary = write_summary(run_dir, config(explainer="none"))
     assert summary["explanations"][HP]["n_explained"] == 3
     assert summary["scorers"]["detection"]["overall"]["n_latents"] == 2
 

@@ -118,7 +118,8 @@ def _load_explanations(
     for path, hookpoint, latent in layout.latent_files(run.explanations, layout.EXPLANATION_EXT):
         key = (hookpoint, latent)
         side = layout.explanation_provenance_file(run.explanations, hookpoint, latent)
-        recorded = prov.recorded_fingerprint(prov.read_json_or_none(side))
+        text = path.read_text(encoding="utf-8")
+        recorded = prov.vouched_fingerprint(prov.read_json_or_none(side), text)
         ok = key in example_fp and (
             hand_made
             or recorded == prov.fingerprint(prov.explanation_inputs(cfg, prompts, example_fp[key]))
@@ -126,7 +127,6 @@ def _load_explanations(
         if not ok:
             view.left_out["explanations"] += 1
             continue
-        text = path.read_text(encoding="utf-8")
         current[key] = prov.Explanation(text, recorded)
         view.explanations[key] = text.strip()
     return current
