@@ -10,6 +10,7 @@ Pure functions of numbers (numpy only), so the summary, the report and the tests
 - `bootstrap_paired_difference(a, b)`: the mean of a - b over latents that have both, with the
   bootstrap interval of that mean; the pairs are resampled together (a latent's score and its
   null score stay paired), which is what makes a difference far tighter than two intervals.
+- `compare_with_null(scores, null_scores)`: the three together, as a summary would give them.
 
 Resampling uses numpy's PCG64 generator seeded by `seed`, a fixed number of resamples
 (`BOOTSTRAP_RESAMPLES`), and is vectorised in blocks so memory stays bounded.
@@ -17,7 +18,7 @@ Resampling uses numpy's PCG64 generator seeded by `seed`, a fixed number of resa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 
@@ -193,3 +194,37 @@ def describe(interval: Interval, digits: int = 3) -> str:
     if interval.low is not None and interval.high is not None:
         body += f" [{fmt.format(interval.low)}, {fmt.format(interval.high)}]"
     return f"{body} ({pct}, n={interval.n}{missing})"
+
+
+def compare_with_null(
+    scores: Mapping[Hashable, float | None],
+    null_scores: Mapping[Hashable, float | None],
+    *,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, dict[str, float | int | str | None]]:
+    """The block a summary gives per scorer: {"score", "null", "difference"}, each an
+    Interval.to_dict(). Scores are keyed by latent (e.g. (hookpoint, latent)); the difference
+    pairs them by key, so a latent scored only one way counts as missing there."""
+    keys = sorted(set(scores) | set(null_scores), key=repr)  # a fixed order: seeded resamples
+
+    def ordered(values: Mapping[Hashable, float | None]) -> list[float | None]:
+        return [values[k] for k in keys if k in values]
+
+    def interval(a: list, b: list | None = None) -> dict:
+        if b is None:
+            found = bootstrap_mean(a, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        else:
+            found = bootstrap_paired_difference(
+                a, b, confidence=confidence, n_resamples=n_resamples, seed=seed
+            )
+        return found.to_dict()
+
+    paired_own = [scores.get(k) for k in keys]
+    paired_null = [null_scores.get(k) for k in keys]
+    return {
+        "score": interval(ordered(scores)),
+        "null": interval(ordered(null_scores)),
+        "difference": interval(paired_own, paired_null),
+    }

@@ -192,3 +192,20 @@ def test_describe_and_to_dict() -> None:
         "confidence": 0.95,
         "method": "",
     }
+
+
+def test_compare_with_null_pairs_by_latent() -> None:
+    from autointerp_full.stats import compare_with_null
+
+    scores = {("layers.1", i): 0.8 + 0.01 * (i % 5) for i in range(30)}
+    null = {("layers.1", i): 0.5 + 0.01 * (i % 5) for i in range(30) if i != 3}
+    scores[("layers.1", 7)] = None  # a failed latent
+    block = compare_with_null(scores, null, seed=0)
+    assert set(block) == {"score", "null", "difference"}
+    assert block["score"]["n"] == 29 and block["score"]["n_missing"] == 1
+    assert block["null"]["n"] == 29 and block["null"]["n_missing"] == 0
+    diff = block["difference"]
+    assert (diff["n"], diff["n_missing"]) == (28, 2)  # latent 3 has no null, 7 no score
+    assert diff["estimate"] == pytest.approx(0.3)
+    assert diff["low"] == pytest.approx(0.3) and diff["high"] == pytest.approx(0.3)
+    assert block == compare_with_null(scores, null, seed=0)
