@@ -64,6 +64,7 @@ SCORER_FIELDS = (
     "log_probs",
     "seed",
     "highlight_threshold",
+    "structured_output",
 )
 # Parameters that shape one scorer only.
 SCORER_EXTRA_FIELDS: dict[str, tuple[str, ...]] = {
