@@ -10,7 +10,6 @@ the others, logging per stage how many it reused and why it recomputed the rest.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import time
@@ -625,10 +624,6 @@ def explain_and_score_stage(
     Path(scores_dir).mkdir(parents=True, exist_ok=True)
     _run_llm(cfg, EXPLAIN_STAGE, examples_dir, explanations_dir, scores_dir, latent_range, True)
     return Path(explanations_dir), Path(scores_dir)
-
-
-def cfg_with(cfg: RunConfig, **changes: Any) -> RunConfig:
-    return dataclasses.replace(cfg, **changes)
 
 
 # --------------------------------------------------------------------------- report
