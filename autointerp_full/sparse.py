@@ -689,3 +689,43 @@ def make_random_controls(
             rates, level = firing_rates(coder, x)
             randomize_weights(coder, seed, stream=hp)
             match_firing_rates(coder, x, rates, level)
+
+
+# ------------------------------------------------------------- preflight (added by H3, issue 9)
+def check_config(info: Any) -> None:
+    """The loaders' checks that need no tensor data, run on a `sparse_inspect.SparseInfo`
+    (cfg.json plus tensor names and shapes) before the run folder is touched, so that an
+    unsupported model stops the run before any work. Uses the loaders' own helpers."""
+    from types import SimpleNamespace
+
+    cfg, names, folder = info.config, set(info.shapes), Path(info.folder)
+    site = ""
+    if info.layout == "saelens":
+        arch = str(cfg.get("architecture", "standard")).lower().replace("jump_relu", "jumprelu")
+        fn = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) or "relu").lower()
+        activation = _saelens_activation(arch, fn)
+        norm = _saelens_input_norm(cfg)
+        transcoder = "transcoder" in arch or info.d_out != info.d_in or bool(cfg.get("transcode"))
+        where = info.cfg_file
+        if transcoder and cfg.get("apply_b_dec_to_input"):
+            raise UserError(
+                f"--sparse_model: {where} is a transcoder with apply_b_dec_to_input=true, "
+                "which SAELens does not support"
+            )
+        if activation == "jumprelu" and not names & {"threshold", "log_threshold"}:
+            raise UserError(f"--sparse_model: jumprelu model in {folder} has no threshold tensor")
+        if "skip" in arch and "W_skip" not in names:
+            raise UserError(f"--sparse_model: skip transcoder in {folder} has no W_skip tensor")
+        if norm == "expected_average_only_in":
+            if transcoder:
+                raise UserError(
+                    f"--sparse_model: {where}: normalize_activations="
+                    "'expected_average_only_in' is not supported for transcoders"
+                )
+            if folder.is_dir():  # a hub model's scaler file is not fetched here
+                _saelens_scaling_factor(folder, cfg)
+        site = _saelens_site(cfg) if transcoder else ""
+    elif info.layout == "gemma_scope":
+        transcoder = info.d_out != info.d_in or _names_transcoder(folder)
+        site = "mlp_input" if transcoder else ""
+    check_input_site(SimpleNamespace(input_site=site), info.hookpoint)  # type: ignore[arg-type]

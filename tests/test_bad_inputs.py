@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import TINY_LATENTS, write_sparsify_sae
+from conftest import TINY_HIDDEN, TINY_LATENTS, write_sparsify_sae
 from llm_test_server import ScriptedLLMServer, interp_responder
 
 from autointerp_full import cache as cache_pkg
@@ -220,6 +220,20 @@ def gemma_scope_truncated(ctx: Ctx) -> None:
     ctx.options["sparse_model"] = str(ctx.scratch / "gemma")
 
 
+def saelens_unsupported(ctx: Ctx) -> None:
+    """A SAELens model of the right width whose architecture the loader does not support."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = ctx.scratch / "saelens" / HOOKPOINT
+    folder.mkdir(parents=True)
+    d, n = TINY_HIDDEN, 32
+    tensors = {"W_enc": torch.zeros(d, n), "b_enc": torch.zeros(n), "W_dec": torch.zeros(n, d)}
+    save_file({**tensors, "b_dec": torch.zeros(d)}, str(folder / "sae_weights.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps({"architecture": "gated", "d_in": d}))
+    ctx.options["sparse_model"] = str(ctx.scratch / "saelens")
+
+
 def no_api_key(ctx: Ctx) -> None:
     ctx.options["--explainer_provider"] = "openrouter"
     ctx.env.update(OPENROUTER_API_KEY=None, OPENAI_API_KEY=None)
@@ -311,6 +325,7 @@ CASES: dict[str, tuple[str, Callable[[Ctx], None]]] = {
         lambda c: sae_with(c, edit_cfg(activation="gelu")),
     ),
     "gemma_scope_npz_truncated": ("sparse_model", gemma_scope_truncated),
+    "saelens_unsupported_architecture": ("sparse_model", saelens_unsupported),
     "feature_num_out_of_range": ("feature_num", set_opts(feature_num=["1", str(TINY_LATENTS)])),
     # the dataset
     "dataset_missing": ("dataset_repo", set_opts(dataset_repo="/nonexistent/corpus.jsonl")),

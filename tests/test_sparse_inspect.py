@@ -250,3 +250,40 @@ def test_unreachable_hub_names_the_flag() -> None:
     assert not sparse_inspect.is_local("nobody/no-sae")
     with pytest.raises(UserError, match="^--sparse_model: cannot fetch 'nobody/no-sae'"):
         inspect_sparse_model("nobody/no-sae", ["layers.1"])
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"architecture": "gated"}, "SAELens architecture 'gated'"),
+        ({"normalize_activations": "sometimes"}, "normalize_activations='sometimes'"),
+        ({"architecture": "jumprelu"}, "jumprelu model .* has no threshold"),
+        ({"architecture": "skip_transcoder"}, "skip transcoder .* has no W_skip"),
+        ({"normalize_activations": True}, "no scaling factor was found"),
+    ],
+)
+def test_loader_config_checks_run_without_the_weights(tmp_path: Path, cfg, message) -> None:
+    """sparse.check_config: what the loader would refuse, refused from cfg.json and shapes."""
+    from autointerp_full.sparse import check_config, load_sparse_models
+
+    folder = write_saelens(tmp_path / "blocks.3")
+    (folder / "cfg.json").write_text(json.dumps({"d_in": D, **cfg}))
+    info = inspect_sparse_model(str(tmp_path), ["blocks.3"])["blocks.3"]
+    with pytest.raises(UserError, match=f"^--sparse_model: .*{message}"):
+        check_config(info)
+    with pytest.raises(UserError, match=f"^--sparse_model: .*{message}"):
+        load_sparse_models(str(tmp_path), ["blocks.3"])  # the loader agrees
+
+
+def test_config_check_passes_good_models_and_names_the_mlp_for_transcoders(
+    tmp_path: Path, tiny_sae_dir: Path
+) -> None:
+    from autointerp_full.sparse import check_config
+
+    check_config(inspect_sparse_model(str(tiny_sae_dir), ["layers.1"])["layers.1"])
+    write_saelens(tmp_path / "a" / "blocks.3")
+    check_config(inspect_sparse_model(str(tmp_path / "a"), ["blocks.3"])["blocks.3"])
+    write_gemma_scope(tmp_path / "transcoders" / "layers.3")  # "transcoder" in the path
+    info = inspect_sparse_model(str(tmp_path / "transcoders"), ["layers.3"])["layers.3"]
+    with pytest.raises(UserError, match="^--hookpoints: .* give the MLP module"):
+        check_config(info)
