@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file, so a partial one never counts."""
+"""Atomic file writes (a reader never sees a half-written file, so a partial one never counts),
+and the sweep of the temporary files that killed writes leave behind."""
 
 from __future__ import annotations
 
