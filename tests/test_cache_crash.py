@@ -501,3 +501,13 @@ def test_reused_hookpoints_decides_like_build_cache_without_torch(
     with pytest.raises(UserError, match="shard_1.safetensors is truncated"):
         reused_hookpoints(cfg, latents)
     assert reused_hookpoints(other, latents) == []  # rebuilt anyway: its damage does not matter
+
+
+def test_sweep_temp_knows_atomic_write_names(tmp_path):
+    from autointerp_full.io import atomic_write, is_temp_file
+
+    seen = []
+    atomic_write(
+        tmp_path / "shard_0.safetensors", lambda p: seen.append(p.name) or p.write_text("x")
+    )
+    assert is_temp_file(seen[0]) and not is_temp_file("shard_0.safetensors"), seen
