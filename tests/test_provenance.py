@@ -132,6 +132,9 @@ CASES = [
     # The scripted LLM answers as before, so the scores of the same texts are kept.
     ("overwrite_explanations", ["--overwrite", "explanations"], ("explanations",),
      "--overwrite explanations"),
+    # A field that shapes examples only with another source: first switch to that source.
+    ("neighbours_type", ["--non_activating_source", "neighbours", "--neighbours_type",
+                         "decoder_similarity"], FROM_EXAMPLES, "neighbours_type"),
     # Fields that do not shape this configuration's examples change nothing.
     ("neighbours_type_unused", ["--neighbours_type", "decoder_similarity"], (), None),
     ("faiss_model_unused", ["--faiss_embedding_model", "some/other-model"], (), None),
@@ -167,6 +170,8 @@ def test_change_matrix(
     }
     extra = [a.format(**prompt_files) for a in extra]
     args = base_args(tiny_model_dir, tiny_sae_dir, tiny_corpus, tmp_path, server.url) + extra
+    if "--neighbours_type" in extra and "neighbours" in extra:
+        assert main([*args[: -len(extra)], *extra[:2]]) == 0  # the source, with its default
     before = stage_files(run)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="autointerp_full"):
