@@ -29,7 +29,7 @@ control).
 from __future__ import annotations
 
 import json
-import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +37,15 @@ import torch
 
 from .errors import UserError, one_line
 from .nulls import stream_seed
+from .sparse_inspect import LAYOUTS, is_local, locate_local
 
 ACTIVATIONS = ("topk", "relu", "jumprelu")
 # Per-input normalisations applied before encoding (SAELens `normalize_activations`).
 INPUT_NORMS = ("none", "constant_norm_rescale", "layer_norm")
 # Where a model's inputs come from, when the format says so; "mlp_input" needs an MLP hookpoint.
 INPUT_SITES = ("", "mlp_input")
-SPARSIFY_FILES = ("cfg.json", "sae.safetensors")
-SAELENS_FILES = ("cfg.json", "sae_weights.safetensors")
-GEMMA_SCOPE_FILES = ("params.npz",)
 SAELENS_SCALER_FILE = "activation_scaler.json"
 LAYER_NORM_EPS = 1e-5  # SAELens's runtime layer norm: (x - mean) / (std + eps)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 class SparseCoder(torch.nn.Module):
@@ -351,6 +348,56 @@ def _saelens_site(cfg: dict[str, Any]) -> str:
     return "mlp_input" if hook.endswith("ln2.hook_normalized") else ""
 
 
+@dataclass(frozen=True)
+class _SaelensPlan:
+    """How a SAELens cfg.json (and its tensor names and shapes) is to be encoded."""
+
+    activation: str
+    transcoder: bool
+    center: bool
+    norm: str
+    skip: bool
+    site: str
+
+
+def _saelens_plan(
+    cfg: dict[str, Any], names: set[str], d_in: int, d_out: int, folder: Path
+) -> _SaelensPlan:
+    """Read a SAELens config as SAELens does, or raise UserError for what it does not support.
+    Needs no tensor data, so preflight runs the same rules before any work (check_config)."""
+    where = folder / "cfg.json"
+    arch = str(cfg.get("architecture", "standard")).lower().replace("jump_relu", "jumprelu")
+    fn = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) or "relu").lower()
+    activation = _saelens_activation(arch, fn)
+    transcoder = "transcoder" in arch or d_out != d_in or bool(cfg.get("transcode", False))
+    # SAELens defaults apply_b_dec_to_input to True; its transcoders refuse it (b_dec is d_out).
+    center = cfg.get("apply_b_dec_to_input")
+    if transcoder and center:
+        raise UserError(
+            f"--sparse_model: {where} is a transcoder with apply_b_dec_to_input="
+            "true, which SAELens does not support"
+        )
+    if activation == "jumprelu" and not names & {"threshold", "log_threshold"}:
+        raise UserError(f"--sparse_model: jumprelu model in {folder} has no threshold tensor")
+    skip = "skip" in arch or "W_skip" in names
+    if skip and "W_skip" not in names:
+        raise UserError(f"--sparse_model: skip transcoder in {folder} has no W_skip tensor")
+    norm = _saelens_input_norm(cfg)
+    if norm == "expected_average_only_in" and transcoder:
+        raise UserError(
+            f"--sparse_model: {where}: normalize_activations="
+            "'expected_average_only_in' is not supported for transcoders"
+        )
+    return _SaelensPlan(
+        activation=activation,
+        transcoder=transcoder,
+        center=False if transcoder else (True if center is None else bool(center)),
+        norm=norm,
+        skip=skip,
+        site=_saelens_site(cfg) if transcoder else "",
+    )
+
+
 def load_saelens(
     folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> SparseCoder:
@@ -367,56 +414,35 @@ def load_saelens(
         )
     d_in, num_latents = t["W_enc"].shape
     d_out = t["W_dec"].shape[1]
-    arch = str(cfg.get("architecture", "standard")).lower().replace("jump_relu", "jumprelu")
-    fn = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) or "relu").lower()
+    plan = _saelens_plan(cfg, set(t), d_in, d_out, folder)
     fn_kwargs = cfg.get("activation_fn_kwargs") or {}
-    activation = _saelens_activation(arch, fn)
-    transcoder = "transcoder" in arch or d_out != d_in or bool(cfg.get("transcode", False))
-    # SAELens defaults apply_b_dec_to_input to True; its transcoders refuse it (b_dec is d_out).
-    center = cfg.get("apply_b_dec_to_input")
-    if transcoder and center:
-        raise UserError(
-            f"--sparse_model: {folder / 'cfg.json'} is a transcoder with apply_b_dec_to_input="
-            "true, which SAELens does not support"
-        )
-    center = False if transcoder else (True if center is None else bool(center))
-    norm = _saelens_input_norm(cfg)
 
     tensors = {"W_enc": t["W_enc"].T, "b_enc": t["b_enc"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
     tensors = {key: value.float() for key, value in tensors.items()}  # fold in full precision
-    if activation == "jumprelu":
+    if plan.activation == "jumprelu":
         if "threshold" in t:
             tensors["threshold"] = t["threshold"]
-        elif "log_threshold" in t:
-            tensors["threshold"] = t["log_threshold"].float().exp()
         else:
-            raise UserError(f"--sparse_model: jumprelu model in {folder} has no threshold tensor")
-    skip = "skip" in arch or "W_skip" in t
-    if skip:
-        if "W_skip" not in t:
-            raise UserError(f"--sparse_model: skip transcoder in {folder} has no W_skip tensor")
+            tensors["threshold"] = t["log_threshold"].float().exp()
+    if plan.skip:
         tensors["W_skip"] = t["W_skip"]
+    norm = plan.norm
     if norm == "expected_average_only_in":
-        if transcoder:
-            raise UserError(
-                f"--sparse_model: {folder / 'cfg.json'}: normalize_activations="
-                "'expected_average_only_in' is not supported for transcoders"
-            )
         fold_input_scaling(tensors, _saelens_scaling_factor(folder, cfg))
         norm = "none"
-    if activation == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+    if plan.activation == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
         fold_decoder_norm(tensors)
     coder = SparseCoder(
         d_in,
         num_latents,
         d_out=d_out,
-        activation=activation,
+        activation=plan.activation,
         k=cfg.get("k") or fn_kwargs.get("k"),
-        transcoder=transcoder,
-        center_input=center,
+        transcoder=plan.transcoder,
+        center_input=plan.center,
         input_norm=norm,
-        skip_connection=skip,
-        input_site=_saelens_site(cfg) if transcoder else "",
+        skip_connection=plan.skip,
+        input_site=plan.site,
         device=device,
         dtype=dtype,
     )
@@ -482,29 +508,11 @@ def check_input_site(coder: SparseCoder, hookpoint: str) -> None:
         )
 
 
-_LOADERS = (
-    (SPARSIFY_FILES, load_sparsify),
-    (SAELENS_FILES, load_saelens),
-    (GEMMA_SCOPE_FILES, load_gemma_scope),
-)
-
-
-def _loader_for(folder: Path) -> Any:
-    for files, loader in _LOADERS:
-        if all((folder / name).is_file() for name in files):
-            return loader
-    return None
-
-
-def available_hookpoints(root: Path) -> list[str]:
-    """Sub-folders of `root` (at any depth) that hold a sparse model in a known layout."""
-    found = {
-        str(p.parent.relative_to(root))
-        for name in ("cfg.json", "params.npz")
-        for p in root.rglob(name)
-        if p.parent != root and _loader_for(p.parent)
-    }
-    return sorted(found)
+_LOADERS = {
+    "sparsify": load_sparsify,
+    "saelens": load_saelens,
+    "gemma_scope": load_gemma_scope,
+}
 
 
 def _download(repo: str, hookpoints: list[str], token: str | None) -> Path:
@@ -512,7 +520,7 @@ def _download(repo: str, hookpoints: list[str], token: str | None) -> Path:
         from huggingface_hub import snapshot_download
 
         patterns = [f"{hp}/*" for hp in hookpoints]
-        patterns += [name for files, _ in _LOADERS for name in files]  # a one-model repo
+        patterns += [name for files in LAYOUTS.values() for name in files]  # a one-model repo
         return Path(snapshot_download(repo, allow_patterns=patterns, token=token))
     except Exception as exc:  # network, auth and not-found errors all mean the same to the user
         text = one_line(exc, token, limit=200)
@@ -532,30 +540,14 @@ def load_sparse_models(
     random_seed: int | None = None,
 ) -> dict[str, SparseCoder]:
     """One SparseCoder per hookpoint from a local folder or a hub repo. With `random_seed`, each
-    gets random weights of the same architecture and shapes (see `randomize_weights`)."""
+    gets random weights of the same architecture and shapes (see `randomize_weights`).
+    Finding each hookpoint's files follows `sparse_inspect.locate_local`, which preflight uses."""
     if not hookpoints:
         raise UserError("--hookpoints: give at least one hookpoint")
-    root = Path(path).expanduser()
-    if not root.exists():
-        if not _HUB_ID.match(path):
-            raise UserError(f"--sparse_model: no such directory: {path!r}")
-        root = _download(path, hookpoints, token)
-    if not root.is_dir():
-        raise UserError(f"--sparse_model: {path!r} is not a directory")
+    root = path if is_local(path) else str(_download(path, hookpoints, token))
     coders = {}
-    for hp in hookpoints:
-        folder = root / hp
-        loader = _loader_for(folder) if folder.is_dir() else None
-        if loader is None and len(hookpoints) == 1:
-            # A folder holding a single model serves the one hookpoint asked for.
-            folder, loader = root, _loader_for(root)
-        if loader is None:
-            have = available_hookpoints(root)
-            listed = ", ".join(have) if have else "none in a known layout"
-            raise UserError(
-                f"--hookpoints: no sparse model for {hp!r} in {path}; available: {listed}"
-            )
-        coders[hp] = loader(folder, device=device, dtype=dtype)
+    for hp, (folder, layout) in locate_local(root, hookpoints).items():
+        coders[hp] = _LOADERS[layout](folder, device=device, dtype=dtype)
         check_input_site(coders[hp], hp)
         if random_seed is not None:
             randomize_weights(coders[hp], random_seed, stream=hp)
@@ -695,36 +687,16 @@ def make_random_controls(
 def check_config(info: Any) -> None:
     """The loaders' checks that need no tensor data, run on a `sparse_inspect.SparseInfo`
     (cfg.json plus tensor names and shapes) before the run folder is touched, so that an
-    unsupported model stops the run before any work. Uses the loaders' own helpers."""
+    unsupported model stops the run before any work. Uses the loaders' own rules."""
     from types import SimpleNamespace
 
-    cfg, names, folder = info.config, set(info.shapes), Path(info.folder)
+    cfg, folder = info.config, Path(info.folder)
     site = ""
     if info.layout == "saelens":
-        arch = str(cfg.get("architecture", "standard")).lower().replace("jump_relu", "jumprelu")
-        fn = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) or "relu").lower()
-        activation = _saelens_activation(arch, fn)
-        norm = _saelens_input_norm(cfg)
-        transcoder = "transcoder" in arch or info.d_out != info.d_in or bool(cfg.get("transcode"))
-        where = info.cfg_file
-        if transcoder and cfg.get("apply_b_dec_to_input"):
-            raise UserError(
-                f"--sparse_model: {where} is a transcoder with apply_b_dec_to_input=true, "
-                "which SAELens does not support"
-            )
-        if activation == "jumprelu" and not names & {"threshold", "log_threshold"}:
-            raise UserError(f"--sparse_model: jumprelu model in {folder} has no threshold tensor")
-        if "skip" in arch and "W_skip" not in names:
-            raise UserError(f"--sparse_model: skip transcoder in {folder} has no W_skip tensor")
-        if norm == "expected_average_only_in":
-            if transcoder:
-                raise UserError(
-                    f"--sparse_model: {where}: normalize_activations="
-                    "'expected_average_only_in' is not supported for transcoders"
-                )
-            if folder.is_dir():  # a hub model's scaler file is not fetched here
-                _saelens_scaling_factor(folder, cfg)
-        site = _saelens_site(cfg) if transcoder else ""
+        plan = _saelens_plan(cfg, set(info.shapes), info.d_in, info.d_out, folder)
+        if plan.norm == "expected_average_only_in" and folder.is_dir():
+            _saelens_scaling_factor(folder, cfg)  # a hub model's scaler file is not fetched here
+        site = plan.site
     elif info.layout == "gemma_scope":
         transcoder = info.d_out != info.d_in or _names_transcoder(folder)
         site = "mlp_input" if transcoder else ""
