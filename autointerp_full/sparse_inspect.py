@@ -302,7 +302,9 @@ def describe(
             )
         if activation == "jumprelu" and "threshold" not in tensors:
             raise UserError(f"--sparse_model: jumprelu model {weights_path} has no threshold")
-        transcoder = transcoder or bool(cfg.get("transcode", False))
+        # As in sparse.load_sparsify: a skip connection maps the module input, so it transcodes.
+        skip = bool(cfg.get("skip_connection", False)) or "W_skip" in tensors
+        transcoder = transcoder or bool(cfg.get("transcode", False)) or skip
     elif layout == "saelens":
         transcoder = transcoder or "transcoder" in str(cfg.get("architecture", "")).lower()
         activation = str(cfg.get("architecture", "standard")).lower()
