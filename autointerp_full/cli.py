@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from autointerp_full.config import ConfigError, RunConfig, config_fields
 from autointerp_full.errors import UserError
+
+# `python -m autointerp_full <command> ...`: commands other than a run, each a module with
+# main(argv) -> exit code. Anything else is a run's MODEL SPARSE_MODEL ... as before.
+SUBCOMMANDS = {
+    "compare": "autointerp_full.compare",
+    "export": "autointerp_full.report.export",
+}
+SUBCOMMANDS_HELP = """other commands:
+  compare RUN_A RUN_B   the score changes from run A to run B, with intervals (compare --help)
+  export RUN            CSV, JSONL and Neuronpedia files of a finished run (export --help)"""
 
 GROUP_TITLES = {
     "core": "Core model parameters",
@@ -44,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="python -m autointerp_full",
         description="Explain and score the latents of sparse autoencoders and transcoders.",
+        epilog=SUBCOMMANDS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
@@ -87,7 +99,10 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_config(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in SUBCOMMANDS:
+        return int(importlib.import_module(SUBCOMMANDS[args[0]]).main(args[1:]))
+    cfg = parse_config(args)
     from autointerp_full.logs import setup_logging
     from autointerp_full.run import run_all
 
