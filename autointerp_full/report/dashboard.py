@@ -94,8 +94,8 @@ def _write(root: Path, rel: str, text: str) -> None:
 # ----------------------------------------------------------------------------- gathering
 def _null_scores(view: Any) -> dict[str, dict[LatentKey, dict[str, Any]]]:
     """Per scorer, each latent's score under the null baseline (another latent's explanation),
-    where the summary's loader found them (`RunView.null_scores`)."""
-    found = getattr(view, "null_scores", None)
+    where the summary's loader found them current (`RunView.nulls`, --null_baseline)."""
+    found = getattr(view, "nulls", None)
     return found if isinstance(found, dict) else {}
 
 
@@ -177,6 +177,13 @@ def load_output_side(run: layout.RunLayout, key: LatentKey) -> dict[str, Any] | 
     return found if isinstance(found, dict) else None
 
 
+def _output_view(profile: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The parts of an output profile the page shows (its provenance stays on disk)."""
+    if profile is None:
+        return None
+    return {k: profile.get(k) for k in ("logit_lens", "steering", "transcoder") if k in profile}
+
+
 # ------------------------------------------------------------------------------ meta data
 def _intervals(prefix: str, value: Any, out: list[dict[str, Any]]) -> None:
     """Every {"estimate", "low", "high"} inside `value`, named by its path of keys."""
@@ -198,8 +205,9 @@ def summary_blocks(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
         metric = HEADLINE_METRIC.get(scorer, "accuracy")
         intervals: list[dict[str, Any]] = []
         for k, v in overall.items():
-            if k not in ("mean_per_latent", "totals", "pooled"):
-                _intervals(k, v, intervals)
+            if k not in ("mean_per_latent", "totals", "pooled", "null_scores"):
+                # The summary's headline block holds score, null and difference.
+                _intervals("" if k == "headline" else k, v, intervals)
         rows.append(
             {
                 "scorer": scorer,
@@ -236,6 +244,8 @@ def meta(
         "n_pages": max(1, -(-n_latents // PAGE_ROWS)),
         "bucket": BUCKET,
         "summary": summary_blocks(summary),
+        "null_baseline": ((summary or {}).get("null_baseline") or {}).get("description"),
+        "interval_notes": (summary or {}).get("intervals") or {},
         "has_nulls": has_nulls,
         "notes": derived.notes,
     }
@@ -335,7 +345,7 @@ def write_dashboard(run_dir: Path, cfg: RunConfig, *, neighbours: bool = True) -
         source = "cache"
         if hist is None and d.record:
             hist, source = examples_histogram(d.record), "examples"
-        output = load_output_side(run, key)
+        output = _output_view(load_output_side(run, key))
         output_found += output is not None
         detail = latent_detail(
             d,

@@ -64,6 +64,9 @@ def score_status(score: dict[str, Any] | None) -> str:
 def score_interval(scorer: str, score: dict[str, Any]) -> tuple[float | None, float | None]:
     """The 95% Wilson interval of a latent's accuracy over its answered examples: the one the
     score file records (`<metric>_low`/`_high`, or `ci`), else computed from its examples."""
+    shared = _summary_interval(score, scorer)
+    if shared is not None:
+        return shared
     metrics = score.get("metrics") or {}
     metric = HEADLINE_METRIC.get(scorer, "accuracy")
     low, high = _number(metrics.get(f"{metric}_low")), _number(metrics.get(f"{metric}_high"))
@@ -79,6 +82,19 @@ def score_interval(scorer: str, score: dict[str, Any]) -> tuple[float | None, fl
     right = sum(1 for e in answered if e.get("correct"))
     interval = stats.wilson_interval(right, len(answered))
     return interval.low, interval.high
+
+
+def _summary_interval(score: dict[str, Any], scorer: str) -> tuple[float, float] | None:
+    """The interval summary.json gives the latent (`summary.latent_interval`), so that the
+    dashboard and the summary agree; None where it gives none."""
+    try:
+        from autointerp_full.report.summary import latent_interval
+    except ImportError:  # a summary without per-latent intervals
+        return None
+    found = latent_interval(score, scorer)
+    if not found or found.get("low") is None or found.get("high") is None:
+        return None
+    return float(found["low"]), float(found["high"])
 
 
 def latent_status(data: LatentData) -> str:

@@ -195,7 +195,7 @@
   function summaryTable() {
     if (!meta.summary || !meta.summary.length) return null;
     var rows = meta.summary.map(function (s) {
-      var iv = s.intervals.map(function (i) {
+      var iv = s.intervals.filter(function (i) { return i.estimate !== null; }).map(function (i) {
         return i.name + " " + fmt(i.estimate) + " " + interval(i.low, i.high);
       }).join(" · ");
       return el("tr", {}, [
@@ -247,6 +247,15 @@
     }
     var s = summaryTable();
     if (s) app.appendChild(s);
+    var notes = [];
+    if (meta.null_baseline) notes.push("Null baseline: " + meta.null_baseline + ".");
+    var iv = meta.interval_notes || {};
+    if (iv.per_latent) notes.push("A latent's [interval]: " + iv.per_latent + ".");
+    if (iv.over_latents) notes.push("Means: " + iv.over_latents + ".");
+    if (iv.difference) notes.push("Difference: " + iv.difference + ".");
+    if (notes.length) app.appendChild(el("details", { cls: "notes" }, [
+      el("summary", { text: "How to read these numbers" })].concat(
+        notes.map(function (t) { return el("p", { cls: "small", text: t }); }))));
     app.appendChild(el("div", { id: "charts", cls: "charts" }));
 
     var search = el("input", { id: "search", type: "search", placeholder: "explanation or latent" });
@@ -454,10 +463,20 @@
   function outputSection(d) {
     var o = d.output;
     if (!o) return section("Output side (logit lens)", "output", [el("p", { cls: "note", text: d.output_note || "not computed" })]);
-    var lens = o.logit_lens || o;
-    var kids = [el("div", { cls: "two" }, [
-      el("div", {}, [el("h3", { text: "promoted" }), tokenList(lens.promoted || lens.top)]),
-      el("div", {}, [el("h3", { text: "suppressed" }), tokenList(lens.suppressed || lens.bottom)])])];
+    var lens = o.logit_lens || {};
+    var kids = [el("p", { cls: "note", text: "Tokens whose logits the latent's " +
+      (o.transcoder ? "output" : "decoder") + " direction raises and lowers most through the " +
+      "final norm and unembedding (centred logits)." }), el("div", { cls: "two" }, [
+      el("div", { id: "promoted" }, [el("h3", { text: "promoted" }), tokenList(lens.promoted)]),
+      el("div", { id: "suppressed" }, [el("h3", { text: "suppressed" }), tokenList(lens.suppressed)])])];
+    var st = o.steering;
+    if (st) {
+      kids.push(el("h3", { text: "steering: clamped at " + fmt(st.clamp, 2) + " on " +
+        st.n_contexts + " of its windows (mean change in log-probability)" }));
+      kids.push(el("div", { cls: "two" }, [
+        el("div", {}, [el("h3", { text: "rises" }), tokenList(st.promoted)]),
+        el("div", {}, [el("h3", { text: "falls" }), tokenList(st.suppressed)])]));
+    }
     return section("Output side (logit lens)", "output", kids);
   }
 
