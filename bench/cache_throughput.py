@@ -181,6 +181,7 @@ def time_writer(model, coder, hookpoint, tokens, batch_size, n_splits, out_dir: 
         "num_latents": coder.num_latents,
         "n_seqs": n_seqs,
         "ctx_len": ctx_len,
+        "vocab_size": spill.tokens_vocab(state, tokens),
         "format": FORMAT_VERSION,
     }
     writer.finish(state, config, n_seqs, ctx_len)
@@ -280,8 +281,14 @@ def main() -> None:
     floor = peak / per_token
     rate = n_tok / model_s
     total_rate = n_tok / (model_s + merge_s)
+    shard_bytes = sum((reader.path / s["file"]).stat().st_size for s in reader.shards)
+    tokens_bytes = (reader.path / "tokens.safetensors").stat().st_size
     print(f"non-zeros cached: {nnz} ({nnz / n_tok:.1f} per token)")
-    print(f"model pass + chunk writes: {model_s:.2f} s, {rate:,.0f} tokens/s")
+    print(
+        f"model pass + chunk writes: {model_s:.2f} s, {rate:,.0f} tokens/s; "
+        f"{shard_bytes / max(nnz, 1):.2f} bytes per non-zero on disk (shards, headers and "
+        f"offsets included; delphi: 8), tokens {tokens_bytes / n_tok:.1f} bytes per token"
+    )
     print(f"shard merge: {merge_s:.2f} s; end to end {total_rate:,.0f} tokens/s")
     print(
         f"matmul throughput ({dtype}): {peak / 1e9:,.1f} GFLOP/s; "

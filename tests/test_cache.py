@@ -159,24 +159,35 @@ def test_cpu_micro_batches_equal_dense_reference(
 
 
 def test_shard_layout(tiny_model_dir, tiny_corpus, tiny_sae_dir, tmp_path):
+    """Format 2: offsets, a uint32 flat token index and fp16 values, 6 bytes per non-zero; the
+    latent is implied by offsets; tokens in the smallest dtype holding the vocabulary."""
     from safetensors import safe_open
 
     folder = build_cache(make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus), tmp_path)[HOOK]
     config = json.loads((folder / "config.json").read_text())
+    assert config["format"] == FORMAT_VERSION == 2
     assert [(s["start"], s["end"]) for s in config["shards"]] == [(0, 43), (43, 86), (86, 128)]
+    n_tokens = config["n_seqs"] * config["ctx_len"]
+    with safe_open(str(folder / "tokens.safetensors"), framework="pt") as fh:
+        tokens = fh.get_tensor("tokens")
+    assert config["vocab_size"] <= 2**16 and tokens.dtype == torch.uint16
+    assert tokens.shape == (config["n_seqs"], config["ctx_len"])
     for i, shard in enumerate(config["shards"]):
-        with safe_open(str(folder / f"shard_{i}.safetensors"), framework="pt") as fh:
+        path = folder / f"shard_{i}.safetensors"
+        with safe_open(str(path), framework="pt") as fh:
             assert fh.metadata() == {"start": str(shard["start"]), "end": str(shard["end"])}
-            latents, offsets = fh.get_tensor("latents"), fh.get_tensor("offsets")
-            assert latents.dtype == torch.int32 and offsets.dtype == torch.int64
-            assert fh.get_tensor("locations").dtype == torch.int32
+            assert sorted(fh.keys()) == ["activations", "index", "offsets"]
+            index, offsets = fh.get_tensor("index").long(), fh.get_tensor("offsets")
+            assert fh.get_tensor("index").dtype == torch.uint32 and offsets.dtype == torch.int64
             assert fh.get_tensor("activations").dtype == torch.float16
-            assert (latents[1:] >= latents[:-1]).all()
             assert len(offsets) == shard["end"] - shard["start"] + 1 and offsets[-1] == shard["n"]
-            expected = torch.bincount(
-                latents.long() - shard["start"], minlength=shard["end"] - shard["start"]
-            )
-            assert torch.equal(offsets[1:] - offsets[:-1], expected)
+            assert (0 <= index).all() and (index < n_tokens).all()
+            for j in range(shard["end"] - shard["start"]):  # each latent's slice is ascending
+                part = index[offsets[j] : offsets[j + 1]]
+                assert (part[1:] > part[:-1]).all()
+        header = 8 + int.from_bytes(path.read_bytes()[:8], "little")
+        data = path.stat().st_size - header - 8 * len(offsets)
+        assert data == 6 * shard["n"]  # bytes per non-zero
 
 
 def test_multiple_hookpoints_share_one_pass(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch):

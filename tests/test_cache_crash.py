@@ -396,10 +396,10 @@ def test_other_format_is_rebuilt_with_a_log_line(
     latents = tmp_path / "latents"
     shutil.copytree(reference, latents)
     config = latents / HOOK / "config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "format": 0}))
+    config.write_text(json.dumps({**json.loads(config.read_text()), "format": 1}))
     with caplog.at_level(logging.INFO, logger="autointerp_full"):
         build_cache(make_cfg(tiny_model_dir, tiny_sae_dir, tiny_corpus), latents)
-    assert "cache format changed from 0 to 1" in caplog.text
+    assert "cache format changed from 1 to 2" in caplog.text
     assert_identical(latents, reference)
 
 

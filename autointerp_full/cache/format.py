@@ -4,10 +4,14 @@ Torch-free, so that the S3 code, the schema checks and the preflight can use it 
 other module names cache files through this one. Layout of `latents/<hookpoint>/`
 (docs/ARCHITECTURE.md, "Cache shard format"):
 
-- `tokens.safetensors`: "tokens" int32 [n_seqs, ctx_len];
+- `tokens.safetensors`: "tokens" [n_seqs, ctx_len] in the smallest integer type that holds the
+  vocabulary (uint8, uint16 or int32; `token_code`);
 - `shard_<i>.safetensors`: latents [start, end) with start = i * ceil(L / n_splits), holding
-  "offsets" int64 [end - start + 1], "locations" int32 [n, 2], "latents" int32 [n] and
-  "activations" float16 [n], sorted by (latent, location); metadata {"start", "end"};
+  "offsets" int64 [end - start + 1] (latent start + j's entries are [offsets[j], offsets[j+1])),
+  "index" [n], each entry's flat token index row * ctx_len + position, and "activations"
+  float16 [n], sorted by (latent, index); metadata {"start", "end"}. The index is uint32 while
+  the cache holds at most 2^32 tokens (6 bytes per non-zero), int64 beyond (10 bytes;
+  `index_code`), so no size overflows;
 - `config.json`: the cache key, the shapes and `shards` [{"file", "start", "end", "n"}],
   written last, so that its presence marks a complete cache.
 
@@ -27,7 +31,9 @@ from typing import Any
 
 from ..errors import UserError
 
-FORMAT_VERSION = 1
+# 1: int32 latent + int32 (row, position) + fp16 = 14 bytes per non-zero, int32 tokens.
+# 2: the latent implied by offsets, one flat index, fp16 = 6 bytes per non-zero; small tokens.
+FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 TOKENS_FILE = "tokens.safetensors"
 # Build state inside a staging folder: the manifest records how far the build got.
@@ -38,14 +44,21 @@ SHARD_GLOB = "shard_*.safetensors"
 CHUNK_GLOB = "chunk_*.safetensors"
 
 # safetensors dtype codes of the cache's tensors, and their item sizes.
-ITEM_BYTES = {"I32": 4, "I64": 8, "F16": 2}
-# name -> (dtype code, trailing shape); the leading dimension is n (offsets: width + 1).
-SHARD_TENSORS = {
-    "offsets": ("I64", ()),
-    "locations": ("I32", (2,)),
-    "latents": ("I32", ()),
-    "activations": ("F16", ()),
+ITEM_BYTES = {"U8": 1, "U16": 2, "U32": 4, "I32": 4, "I64": 8, "F16": 2}
+NUMPY_DTYPES = {
+    "U8": "uint8",
+    "U16": "uint16",
+    "U32": "uint32",
+    "I32": "int32",
+    "I64": "int64",
+    "F16": "float16",
 }
+# A cache of at most this many tokens stores each entry's flat token index as uint32.
+U32_TOKENS = 2**32
+# The shard tensors in file order; "index" takes index_code(n_tokens), the others are fixed.
+SHARD_TENSORS = ("offsets", "index", "activations")
+_FIXED_CODES = {"offsets": "I64", "activations": "F16"}
+TOKEN_CODES = ("U8", "U16", "I32")
 FIX = "rerun with --overwrite cache to rebuild it"
 
 
@@ -97,13 +110,28 @@ def shard_ranges(config: dict[str, Any]) -> list[tuple[str, int, int]]:
     return [(shard_name(i), start, end) for i, (start, end) in enumerate(bounds)]
 
 
-def shard_layout(n: int, width: int) -> list[tuple[str, str, list[int], int]]:
-    """(name, dtype code, shape, bytes) of a merged shard's tensors, in file order."""
+def index_code(n_tokens: int) -> str:
+    """The dtype of the flat token index for a cache of `n_tokens` tokens (n_seqs * ctx_len)."""
+    return "U32" if n_tokens <= U32_TOKENS else "I64"
+
+
+def token_code(vocab_size: int) -> str:
+    """The smallest dtype holding token ids [0, vocab_size)."""
+    if vocab_size <= 2**8:
+        return "U8"
+    if vocab_size <= 2**16:
+        return "U16"
+    return "I32"
+
+
+def shard_layout(n: int, width: int, n_tokens: int) -> list[tuple[str, str, list[int], int]]:
+    """(name, dtype code, shape, bytes) of a shard's tensors in file order, for a shard of `n`
+    entries over `width` latents in a cache of `n_tokens` tokens."""
     layout = []
-    for name, (code, tail) in SHARD_TENSORS.items():
-        rows = width + 1 if name == "offsets" else n
-        shape = [rows, *tail]
-        layout.append((name, code, shape, ITEM_BYTES[code] * math.prod(shape)))
+    for name in SHARD_TENSORS:
+        code = index_code(n_tokens) if name == "index" else _FIXED_CODES[name]
+        shape = [width + 1 if name == "offsets" else n]
+        layout.append((name, code, shape, ITEM_BYTES[code] * shape[0]))
     return layout
 
 
@@ -153,7 +181,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
 def shard_entries(path: Path) -> int:
     """The number of entries (non-zeros) a shard file holds, from its header."""
     header, _ = read_header(path)
-    return int(header["latents"]["shape"][0])
+    return int(header["activations"]["shape"][0])
 
 
 # --------------------------------------------------------------------------- checks
@@ -207,13 +235,20 @@ def _check_tensors(path: Path, expected: dict[str, tuple[str, list[int]]], heade
         )
 
 
-def check_tokens_file(path: Path, n_seqs: int, ctx_len: int) -> None:
-    """`tokens.safetensors` holds int32 [n_seqs, ctx_len] and is whole."""
-    _check_tensors(Path(path), {"tokens": ("I32", [n_seqs, ctx_len])})
+def check_tokens_file(path: Path, n_seqs: int, ctx_len: int, code: str | None = None) -> None:
+    """`tokens.safetensors` holds [n_seqs, ctx_len] token ids as `code` (any of TOKEN_CODES
+    when None) and is whole."""
+    path = Path(path)
+    header = read_header(path)
+    if code is None:
+        found = (header[0].get("tokens") or {}).get("dtype")
+        code = found if found in TOKEN_CODES else TOKEN_CODES[-1]
+    _check_tensors(path, {"tokens": (code, [n_seqs, ctx_len])}, header)
 
 
-def check_shard_file(path: Path, start: int, end: int, n: int | None = None) -> None:
-    """A shard file holds latents [start, end) with `n` entries (any n when None) and is whole."""
+def check_shard_file(path: Path, start: int, end: int, n_tokens: int, n: int | None = None) -> None:
+    """A shard file of a cache of `n_tokens` tokens holds latents [start, end) with `n`
+    entries (any n when None) and is whole."""
     path = Path(path)
     header, data_start = read_header(path)
     meta = header.get("__metadata__") or {}
@@ -223,9 +258,9 @@ def check_shard_file(path: Path, start: int, end: int, n: int | None = None) -> 
             f"covers latents {meta.get('start')}..{meta.get('end')} (expected {start}..{end})",
         )
     if n is None:
-        shape = (header.get("latents") or {}).get("shape") or [0]
+        shape = (header.get("activations") or {}).get("shape") or [0]
         n = shape[0] if isinstance(shape[0], int) else 0
-    layout = shard_layout(n, end - start)
+    layout = shard_layout(n, end - start, n_tokens)
     expected = {name: (code, shape) for name, code, shape, _ in layout}
     _check_tensors(path, expected, (header, data_start))
 
@@ -279,6 +314,12 @@ def verify_cache(folder: Path) -> None:
         raise CacheFileError(
             config_path, f"has shards covering {expected} of {num_latents} latents"
         )
-    check_tokens_file(folder / TOKENS_FILE, n_seqs, ctx_len)
+    check_tokens_file(folder / TOKENS_FILE, n_seqs, ctx_len, config_token_code(config))
     for file, start, end, n in shards:
-        check_shard_file(folder / file, start, end, n)
+        check_shard_file(folder / file, start, end, n_seqs * ctx_len, n)
+
+
+def config_token_code(config: dict[str, Any]) -> str | None:
+    """The tokens file's dtype a cache's config.json implies (None: any, for old configs)."""
+    vocab = config.get("vocab_size")
+    return token_code(int(vocab)) if isinstance(vocab, int) else None

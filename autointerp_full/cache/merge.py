@@ -29,8 +29,8 @@ from .format import (
     shard_metadata,
     shard_name,
 )
-from .runs import Run, interleave, locations
-from .tensorio import TensorFile
+from .runs import Run, interleave
+from .tensorio import TensorFile, index_array
 
 if TYPE_CHECKING:
     import torch
@@ -58,10 +58,11 @@ def merge_chunks(
     out: Path,
     start: int,
     end: int,
-    ctx_len: int,
+    n_tokens: int,
     block: int = MERGE_ENTRIES,
 ) -> int:
-    """Stream chunk files of one shard into `out`; returns the number of entries.
+    """Stream chunk files of one shard of a cache of `n_tokens` tokens into `out`; returns the
+    number of entries.
 
     The header comes first from the summed per-latent counts; the data follows in blocks of
     latents, each holding at most about `block` entries in memory. The bytes do not depend on
@@ -78,7 +79,7 @@ def merge_chunks(
         offsets = torch.zeros(end - start + 1, dtype=torch.long)
         torch.cumsum(counts, 0, out=offsets[1:])
         n = int(offsets[-1])
-        layout = shard_layout(n, end - start)
+        layout = shard_layout(n, end - start, n_tokens)
         head = encode_header(layout, shard_metadata(start, end))
         base = {}
         pos = len(head)
@@ -92,16 +93,17 @@ def merge_chunks(
                 fh.write(offsets.numpy().tobytes())
                 fh.truncate(pos)
 
-                def put(first: int, run: Run) -> None:
-                    for name, tensor, width in (
-                        ("locations", locations(run, ctx_len), 8),
-                        ("latents", run.latents, 4),
-                        ("activations", run.values, 2),
-                    ):
-                        fh.seek(base[name] + first * width)
-                        fh.write(tensor.contiguous().numpy().data)
+                index_code = layout[1][1]
 
-                _copy_blocks(handles, chunk_offsets, offsets, start, end, ctx_len, block, put)
+                def put(first: int, run: Run) -> None:
+                    for name, array in (
+                        ("index", index_array(run.flat, index_code)),
+                        ("activations", run.values.contiguous().numpy()),
+                    ):
+                        fh.seek(base[name] + first * array.itemsize)
+                        fh.write(array.data)
+
+                _copy_blocks(handles, chunk_offsets, offsets, start, end, block, put)
 
         atomic_write(out, write)
     finally:
@@ -116,7 +118,6 @@ def _copy_blocks(
     offsets: torch.Tensor,
     start: int,
     end: int,
-    ctx_len: int,
     block: int,
     put: Any,
 ) -> None:
@@ -135,18 +136,27 @@ def _copy_blocks(
             for h, o in zip(handles, chunk_offsets, strict=True):
                 for lo in range(int(o[a]), int(o[b]), block):
                     hi = min(lo + block, int(o[b]))
-                    put(first, h.load_slice(lo, hi, ctx_len))
+                    latents = torch.full((hi - lo,), start + a, dtype=torch.int32)
+                    put(first, h.load_slice(lo, hi, latents))
                     first += hi - lo
         else:
+            ids = torch.arange(start + a, start + b, dtype=torch.int32)
             runs = [
-                h.load_slice(int(o[a]), int(o[b]), ctx_len)
+                h.load_slice(int(o[a]), int(o[b]), _latent_ids(ids, o, a, b))
                 for h, o in zip(handles, chunk_offsets, strict=True)
             ]
             put(first, interleave(runs, start + a, start + b)[0])
         a = b
 
 
-def merge_shard(state: HookpointCache, i: int, ctx_len: int, block: int) -> None:
+def _latent_ids(ids: torch.Tensor, offsets: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """The latent of each entry of latents [a, b) of one chunk (the format stores only offsets)."""
+    import torch
+
+    return torch.repeat_interleave(ids, offsets[a + 1 : b + 1] - offsets[a:b])
+
+
+def merge_shard(state: HookpointCache, i: int, n_tokens: int, block: int) -> None:
     """Step 1 for shard i: make `shard_<i>.safetensors` from its chunks, unless it is there."""
     out = state.folder / shard_name(i)
     if out.exists():  # written atomically: a shard file that exists is whole
@@ -159,7 +169,7 @@ def merge_shard(state: HookpointCache, i: int, ctx_len: int, block: int) -> None
     if len(files) == 1:
         os.replace(files[0], out)  # a chunk already has the shard format
     else:
-        merge_chunks(files, out, start, end, ctx_len, block)
+        merge_chunks(files, out, start, end, n_tokens, block)
 
 
 def drop_chunks(state: HookpointCache, i: int) -> None:
@@ -179,7 +189,7 @@ def merge_shards(state: HookpointCache, n_seqs: int, ctx_len: int) -> None:
     lock = threading.Lock()
 
     def merge(i: int) -> None:
-        merge_shard(state, i, ctx_len, budget)
+        merge_shard(state, i, n_seqs * ctx_len, budget)
         with lock:  # step 2: record it
             state.merged.append(i)
             state.save_manifest(n_seqs, ctx_len)

@@ -1,21 +1,35 @@
-"""Read a finished activation cache one latent at a time.
+"""Read a finished activation cache one latent, or one block of latents, at a time.
 
 Each latent's entries are one contiguous slice of one shard, located through that shard's
-offsets; `safe_open(...).get_slice` memory-maps the file, so only that slice is read. Each file
-is checked against config.json (header and size) before its first use, so a damaged one is a
-one-line error, never a traceback or wrong data.
+offsets; the slice is read with positioned reads (no memory map, so the footprint stays that
+of the slice). `iter_latents` reads many latents in one pass over each shard, a bounded block
+of consecutive latents per read. Each file is checked against config.json (header and size)
+before its first use, so a damaged one is a one-line error, never a traceback or wrong data.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from .format import CONFIG_FILE, TOKENS_FILE, check_shard_file, check_tokens_file, read_cache_config
+from .format import (
+    CONFIG_FILE,
+    TOKENS_FILE,
+    check_shard_file,
+    check_tokens_file,
+    config_token_code,
+    read_cache_config,
+)
+from .tensorio import TensorFile, load_tokens
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+
+# Entries read at once by iter_latents: about 60 MB of index and activations in memory.
+BLOCK_ENTRIES = 4_000_000
 
 
 class CacheReader:
@@ -33,8 +47,10 @@ class CacheReader:
         self.num_latents: int = int(self.config["num_latents"])
         self.hookpoint: str = str(self.config["hookpoint"])
         self.shards: list[dict[str, Any]] = list(self.config["shards"])
-        self._handles: dict[int, Any] = {}
-        self._offsets: dict[int, torch.Tensor] = {}
+        self.ctx_len: int = int(self.config["ctx_len"])
+        self.n_tokens: int = int(self.config["n_seqs"]) * self.ctx_len
+        self._handles: dict[int, TensorFile] = {}
+        self._offsets: dict[int, np.ndarray] = {}
 
     def __repr__(self) -> str:
         return f"CacheReader({str(self.path)!r}, hookpoint={self.hookpoint!r})"
@@ -48,44 +64,77 @@ class CacheReader:
                 return i
         raise IndexError(f"no shard holds latent {latent}")
 
-    def _handle(self, i: int) -> Any:
+    def _handle(self, i: int) -> TensorFile:
         if i not in self._handles:
-            from safetensors import safe_open
-
             shard = self.shards[i]
             path = self.path / shard["file"]
-            check_shard_file(path, int(shard["start"]), int(shard["end"]), shard.get("n"))
-            self._handles[i] = safe_open(str(path), framework="pt")
+            start, end = int(shard["start"]), int(shard["end"])
+            check_shard_file(path, start, end, self.n_tokens, shard.get("n"))
+            self._handles[i] = TensorFile(path)
         return self._handles[i]
 
-    def _shard_offsets(self, i: int) -> torch.Tensor:
+    def _shard_offsets(self, i: int) -> np.ndarray:
         if i not in self._offsets:
-            self._offsets[i] = self._handle(i).get_tensor("offsets")
+            self._offsets[i] = self._handle(i).array("offsets")
         return self._offsets[i]
 
     # ----------------------------------------------------------------------------- reading
     def tokens(self) -> torch.Tensor:
-        """int32 [n_seqs, ctx_len]."""
-        from safetensors.torch import load_file
-
+        """int32 [n_seqs, ctx_len] (stored in the smallest type that holds the vocabulary)."""
         path = self.path / TOKENS_FILE
-        check_tokens_file(path, int(self.config["n_seqs"]), int(self.config["ctx_len"]))
-        return load_file(str(path))["tokens"]
+        n_seqs = int(self.config["n_seqs"])
+        check_tokens_file(path, n_seqs, self.ctx_len, config_token_code(self.config))
+        return load_tokens(path)
 
-    def latent(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(locations LongTensor [n, 2] of (row, position), activations FloatTensor [n])."""
+    def latent_flat(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(flat token indices int64 [n], ascending; activations float32 [n]) of latent i."""
+        import numpy as np
+
         shard = self._shard_of(i)
         offsets = self._shard_offsets(shard)
         j = i - int(self.shards[shard]["start"])
         lo, hi = int(offsets[j]), int(offsets[j + 1])
-        handle = self._handle(shard)
         if hi == lo:
-            import torch
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        handle = self._handle(shard)
+        flat = handle.array("index", lo, hi).astype(np.int64)
+        return flat, handle.array("activations", lo, hi).astype(np.float32)
 
-            return torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, dtype=torch.float32)
-        locations = handle.get_slice("locations")[lo:hi].long()
-        activations = handle.get_slice("activations")[lo:hi].float()
-        return locations, activations
+    def latent(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(locations LongTensor [n, 2] of (row, position), activations FloatTensor [n])."""
+        import torch
+
+        flat, values = self.latent_flat(i)
+        where = torch.from_numpy(flat)
+        locations = torch.stack([where // self.ctx_len, where % self.ctx_len], 1)
+        return locations, torch.from_numpy(values)
+
+    def iter_latents(
+        self, latents: Iterable[int], block: int = BLOCK_ENTRIES
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(latent, flat, activations) as latent_flat gives them, for `latents` in ascending
+        order, reading each shard once: consecutive wanted latents are read together, in
+        blocks of about `block` entries (a latent with more is read alone)."""
+        import numpy as np
+
+        wanted = sorted(set(int(x) for x in latents))
+        for latent in wanted:
+            self._shard_of(latent)  # range check before anything is read
+        for s, shard in enumerate(self.shards):
+            start, end = int(shard["start"]), int(shard["end"])
+            mine = [x for x in wanted if start <= x < end]
+            if not mine:
+                continue
+            offsets = self._shard_offsets(s)
+            handle = self._handle(s)
+            for group in _blocks(mine, offsets, start, block):
+                lo, hi = int(offsets[group[0] - start]), int(offsets[group[-1] - start + 1])
+                flat = handle.array("index", lo, hi).astype(np.int64)
+                values = handle.array("activations", lo, hi).astype(np.float32)
+                for latent in group:
+                    a = int(offsets[latent - start]) - lo
+                    b = int(offsets[latent - start + 1]) - lo
+                    yield latent, flat[a:b], values[a:b]
 
     def firing_counts(self) -> torch.Tensor:
         """LongTensor [num_latents]: how many cached positions each latent fires on."""
@@ -93,11 +142,13 @@ class CacheReader:
 
         counts = torch.zeros(self.num_latents, dtype=torch.long)
         for i, shard in enumerate(self.shards):
-            offsets = self._shard_offsets(i)
+            offsets = torch.from_numpy(self._shard_offsets(i))
             counts[shard["start"] : shard["end"]] = offsets[1:] - offsets[:-1]
         return counts
 
     def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
         self._handles.clear()
         self._offsets.clear()
 
@@ -106,3 +157,20 @@ class CacheReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _blocks(latents: list[int], offsets: np.ndarray, start: int, block: int) -> list[list[int]]:
+    """Sorted latents of one shard cut into groups read together: a group is a run of
+    consecutive latents whose entries stay within `block` (skipped latents break a group,
+    so nothing unwanted is read)."""
+    groups: list[list[int]] = []
+    size = 0
+    for latent in latents:
+        n = int(offsets[latent - start + 1] - offsets[latent - start])
+        if groups and latent == groups[-1][-1] + 1 and size + n <= block:
+            groups[-1].append(latent)
+            size += n
+        else:
+            groups.append([latent])
+            size = n
+    return groups

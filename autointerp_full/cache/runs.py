@@ -126,10 +126,3 @@ def split_shards(run: Run, bounds: Sequence[tuple[int, int]]) -> list[tuple[Run,
         edges = torch.arange(start, end + 1, dtype=torch.int32)
         parts.append((part, torch.searchsorted(part.latents, edges).long()))
     return parts
-
-
-def locations(run: Run, ctx_len: int) -> torch.Tensor:
-    """int32 [n, 2] (row, position) of a run's flat locations."""
-    import torch
-
-    return torch.stack([run.flat // ctx_len, run.flat % ctx_len], 1).int()

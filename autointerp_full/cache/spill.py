@@ -19,14 +19,17 @@ from ..logs import log
 from .format import (
     CHUNK_GLOB,
     CONFIG_FILE,
+    FORMAT_VERSION,
     MANIFEST,
     TOKENS_FILE,
     CacheFileError,
     check_tokens_file,
     chunk_index,
     chunk_name,
+    index_code,
     shard_bounds,
     shard_name,
+    token_code,
 )
 from .key import key_difference
 from .runs import Run, merge_runs, split_shards
@@ -35,8 +38,9 @@ from .tensorio import save_run, save_tokens
 if TYPE_CHECKING:
     import torch
 
-# Non-zeros buffered on the host (per hookpoint) before a chunk is written: about 14 bytes
-# each, so this bounds the writer's memory at roughly 110 MB + one batch per hookpoint.
+# Non-zeros buffered on the host (per hookpoint) before a chunk is written: 14 bytes each in
+# memory (int32 latent, int64 flat index, fp16), so this bounds the writer's memory at roughly
+# 110 MB + one batch per hookpoint.
 CHUNK_ENTRIES = 8_000_000
 # Sorted batch runs buffered before a chunk is written; with many latents fewer, so that the
 # [runs, latents] count table of a flush stays near 32 MB.
@@ -60,6 +64,8 @@ class HookpointCache:
     buffered: int = 0
     # Token rows of the staged build found on disk (by `resumable`); -1 when none.
     staged_rows: int = -1
+    # The tokenizer's vocabulary size, which sets the tokens file's dtype (None: from the ids).
+    vocab_size: int | None = None
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
@@ -71,6 +77,7 @@ class HookpointCache:
 
     def manifest(self, n_seqs: int, ctx_len: int) -> dict[str, Any]:
         return {
+            "format": FORMAT_VERSION,
             "key": self.key,
             "num_latents": self.num_latents,
             "n_splits": self.n_splits,
@@ -121,7 +128,7 @@ class HookpointCache:
 
         def save() -> None:
             for path, part, offsets, start, end in parts:
-                save_run(path, part, offsets, ctx_len, start, end)
+                save_run(path, part, offsets, n_seqs * ctx_len, start, end)
             atomic_write_json(manifest_path, manifest)  # only now do these rows count as done
 
         saver.submit(save)
@@ -169,6 +176,8 @@ def resumable(state: HookpointCache) -> tuple[bool, str]:
         merged = [int(i) for i in manifest.get("merged", [])]
     except (OSError, ValueError, KeyError, TypeError):
         return False, f"unreadable {MANIFEST}"
+    if manifest.get("format") != FORMAT_VERSION:
+        return False, f"its chunks are in cache format {manifest.get('format')!r}"
     diff = key_difference(manifest.get("key", {}), state.key)
     if diff is not None:
         return False, f"{diff[0]} changed from {diff[1]!r} to {diff[2]!r}"
@@ -213,8 +222,24 @@ def start_fresh(state: HookpointCache, tokens: torch.Tensor, why: str) -> None:
     state.staged_rows = len(tokens)
     folder.mkdir(parents=True)
     n_seqs, ctx_len = tokens.shape
-    save_tokens(state.tokens_file, tokens)
+    check_index_size(n_seqs * ctx_len)
+    save_tokens(state.tokens_file, tokens, token_code(tokens_vocab(state, tokens)))
     state.save_manifest(n_seqs, ctx_len)
+
+
+def tokens_vocab(state: HookpointCache, tokens: torch.Tensor) -> int:
+    """The vocabulary size the tokens file's dtype must hold (at least every id present)."""
+    top = int(tokens.max()) + 1 if tokens.numel() else 0
+    return max(state.vocab_size or 0, top)
+
+
+def check_index_size(n_tokens: int) -> None:
+    """Past 2^32 tokens the flat index is int64; log it, as each entry then takes 10 bytes."""
+    if index_code(n_tokens) != "U32":
+        log.info(
+            "caching %d tokens (over 2^32): the flat token index is int64, 10 bytes per non-zero",
+            n_tokens,
+        )
 
 
 def is_sealed(folder: Path) -> bool:

@@ -102,6 +102,9 @@ def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
         )
         for hp in todo
     ]
+    vocab = _vocab_size(tokenizer)
+    for state in states:
+        state.vocab_size = vocab
     resumed = {s.hookpoint: spill.resumable(s) for s in states}
     tokens = _tokens_for(cfg, tokenizer, [s for s in states if resumed[s.hookpoint][0]])
     # Only now, with the tokens in hand, is a stale staged build discarded.
@@ -134,6 +137,7 @@ def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
             "d_in": int(getattr(state.coder, "d_in", width)),
             "transcoder": bool(getattr(state.coder, "transcoder", False)),
             "bos_token_id": tokenizer.bos_token_id,
+            "vocab_size": spill.tokens_vocab(state, tokens),
             "format": FORMAT_VERSION,
         }
         finish(state, config, n_seqs, ctx_len)
@@ -175,6 +179,14 @@ def _tokens_for(cfg: RunConfig, tokenizer: Any, resumed: list[HookpointCache]) -
         num_proc=cfg.pipeline_num_proc,
     )
     return tokenize_rows(texts, tokenizer, cfg.cache_ctx_len, cfg.n_tokens)
+
+
+def _vocab_size(tokenizer: Any) -> int | None:
+    """The number of token ids the tokenizer can produce (added tokens included)."""
+    try:
+        return int(len(tokenizer))
+    except TypeError:
+        return None
 
 
 def _dir_size(folder: Path) -> int:
