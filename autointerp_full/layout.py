@@ -16,6 +16,7 @@ results/<name>/
   explanations/provenance/<stem>.json      explanation_provenance_file()
   explanations/failures.json, .usage.json  the explain stage's bookkeeping
   scores/<scorer>/<hookpoint>_latent_<id>.txt  score_file()
+  scores/shuffled_null/<scorer>/<stem>.txt null_score_file(): --null_baseline shuffled
   scores/failures.json, .usage.json        the score stage's bookkeeping
   summary.json                             SUMMARY
   report/index.html                        REPORT_DIR / REPORT_HTML
@@ -55,6 +56,9 @@ NEIGHBOURS = "neighbours"  # examples/neighbours/: the non-activating sources' o
 PROVENANCE = "provenance"  # explanations/provenance/<stem>.json: what made each explanation
 USAGE = ".usage.json"  # a stage's LLM token usage, summed over invocations
 FAILURES = "failures.json"  # a stage's failed latents: {stem: message}
+# Null baseline scores (--null_baseline shuffled): scores/shuffled_null/<scorer>/<stem>.txt.
+SHUFFLED_NULL = "shuffled_null"
+NULL_DIRS = (SHUFFLED_NULL,)
 # Bookkeeping files that have no schema of their own and are merged when shards are assembled.
 BOOKKEEPING = (SKIPPED, USAGE, FAILURES)
 
@@ -124,8 +128,39 @@ def score_file(scores_dir: Path, scorer: str, hookpoint: str, latent: int) -> Pa
 
 
 def scorer_dirs(scores_dir: Path) -> list[Path]:
-    """One folder per scorer under scores/ (hidden folders left out)."""
+    """One folder per scorer under scores/ (hidden folders and the null scores left out)."""
     folder = Path(scores_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in NULL_DIRS
+    )
+
+
+# -------------------------------------------------------------------- null baseline scores
+def null_dir(scores_dir: Path, kind: str = SHUFFLED_NULL) -> Path:
+    """scores/shuffled_null/: the null baseline's score files, one folder per scorer inside,
+    so that no reader of scores/ takes the null for a scorer of its own."""
+    return Path(scores_dir) / kind
+
+
+def null_score_dir(scores_dir: Path, scorer: str, kind: str = SHUFFLED_NULL) -> Path:
+    return null_dir(scores_dir, kind) / scorer
+
+
+def null_score_file(
+    scores_dir: Path, scorer: str, hookpoint: str, latent: int, kind: str = SHUFFLED_NULL
+) -> Path:
+    """The null score of a latent: its examples scored with another latent's explanation."""
+    stem = latent_stem(hookpoint, latent)
+    return null_score_dir(scores_dir, scorer, kind) / f"{stem}{SCORE_EXT}"
+
+
+def null_scorer_dirs(scores_dir: Path, kind: str = SHUFFLED_NULL) -> list[Path]:
+    """One folder per scorer under scores/shuffled_null/ (hidden folders left out)."""
+    folder = null_dir(scores_dir, kind)
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

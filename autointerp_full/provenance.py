@@ -8,6 +8,8 @@ artifact by its fingerprint) and `fingerprint`, the SHA-256 of the canonical JSO
                 EXPLANATION_FIELDS;
 - scores:       the examples' and the explanation's fingerprints, the explanation text's hash,
                 the scorer, its prompt's hash and SCORER_FIELDS (+ SCORER_EXTRA_FIELDS).
+- null scores:  a score's inputs with the source latent's explanation, plus `null` (kind,
+                seed, source latent): see null_score_inputs.
 
 An artifact whose recorded fingerprint equals the one the current configuration gives is reused;
 any other is recomputed, and so is everything downstream of it, because the downstream
@@ -220,6 +222,39 @@ def score_inputs(
         "scorer_prompt": prompt_hash(prompts, key),
         **_fields(cfg, dict.fromkeys(scorer_fields(scorer))),  # dict: each field once
     }
+
+
+def null_score_inputs(
+    cfg: RunConfig,
+    prompts: Prompts,
+    scorer: str,
+    examples_fp: str | None,
+    source: tuple[str, int],
+    explanation: Explanation,
+) -> dict[str, Any]:
+    """A null score's inputs (--null_baseline shuffled): a real score's inputs with the
+    *source* latent's explanation (its fingerprint and text hash), plus which latent gave it
+    and the seed that chose it. So a null is reused, completed or redone by the same rules."""
+    inputs = score_inputs(cfg, prompts, scorer, examples_fp, explanation)
+    inputs["null"] = {
+        "kind": "shuffled",
+        "seed": cfg.seed,
+        "source": {"hookpoint": source[0], "latent": int(source[1])},
+    }
+    return inputs
+
+
+def null_source(data: Any) -> tuple[str, int] | None:
+    """The (hookpoint, latent) whose explanation a null score file used, as it records it."""
+    null = (recorded_inputs(data) or {}).get("null")
+    source = null.get("source") if isinstance(null, dict) else None
+    if not isinstance(source, dict):
+        return None
+    hookpoint, latent = source.get("hookpoint"), source.get("latent")
+    if not isinstance(hookpoint, str) or not isinstance(latent, int):
+        return None
+    return hookpoint, latent
+
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,12 @@ class LLMWork:
     handled: set[str] = field(default_factory=set)
     outcome: ScoreOutcome = field(default_factory=ScoreOutcome)
     _scorers: dict[str, Any] = field(default_factory=dict)
+    # --null_baseline shuffled: {source latent: (target latent's examples)}; see plan_nulls.
+    null_targets: dict[layout.LatentKey, LoadedExamples] = field(default_factory=dict)
+    null_tallies: dict[str, prov.Tally] = field(default_factory=dict)
+    null_outcome: ScoreOutcome = field(default_factory=ScoreOutcome)
+    null_without_source: int = 0  # nulls not scored: the source's explanation is missing
+    _null_scorers: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from autointerp_full.prompts import load_prompts
@@ -412,7 +418,87 @@ class LLMWork:
         explanation = await self.explanation(item)
         self.handled.add(latent_stem(item.record.hookpoint, item.record.latent))
         if self.score:
-            await self.score_all(item, explanation)
+            # This latent's explanation is also the null of the latent it was dealt to: scored
+            # as soon as it exists, so no worker ever waits for another latent.
+            await asyncio.gather(
+                self.score_all(item, explanation), self.score_nulls(item, explanation)
+            )
+
+    # -- the shuffled null baseline
+    def plan_nulls(self, items: list[LoadedExamples]) -> None:
+        """Deal every latent another latent's explanation (nulls.shuffled_sources, fixed by
+        --seed over the latents with examples here: all of them in the CLI, the step's latent
+        range in the pipeline, which is all the explanations a score step has)."""
+        from autointerp_full.nulls import shuffled_sources
+
+        if self.cfg.null_baseline != "shuffled" or not self.score or not self.null_scorer_names:
+            return
+        by_key = {(x.record.hookpoint, x.record.latent): x for x in items}
+        sources = shuffled_sources(by_key, self.cfg.seed)
+        self.null_targets = {source: by_key[target] for target, source in sources.items()}
+        self.null_tallies = {s: prov.Tally(f"shuffled null {s}") for s in self.null_scorer_names}
+
+    @property
+    def null_scorer_names(self) -> list[str]:
+        """The selected scorers that read explanations (the others have no null)."""
+        from autointerp_full.scorers import SCORERS
+
+        return [s for s in self.cfg.scorers if getattr(SCORERS[s], "needs_explanation", True)]
+
+    def null_scorer(self, name: str) -> Any:
+        """A scorer of its own for the null, whose requests are counted apart in the usage."""
+        from autointerp_full.scorers import SCORERS
+
+        if name not in self._null_scorers:
+            scorer = SCORERS[name](self.client, self.prompts, self.cfg)
+            with_stage = getattr(self.client, "with_stage", None)
+            if callable(with_stage):
+                scorer.client = with_stage(f"{name}.{layout.SHUFFLED_NULL}")
+            self._null_scorers[name] = scorer
+        return self._null_scorers[name]
+
+    async def score_nulls(
+        self, source: LoadedExamples, explanation: prov.Explanation | None
+    ) -> None:
+        key = (source.record.hookpoint, source.record.latent)
+        target = self.null_targets.get(key)
+        if target is None:
+            return
+        if explanation is None:
+            self.null_without_source += 1
+            return
+        await asyncio.gather(
+            *(self.score_null(name, target, key, explanation) for name in self.null_tallies)
+        )
+
+    async def score_null(
+        self,
+        name: str,
+        target: LoadedExamples,
+        source: layout.LatentKey,
+        explanation: prov.Explanation,
+    ) -> None:
+        """Score `target`'s examples with `source`'s explanation into scores/shuffled_null/."""
+        assert self.scores_dir is not None
+        record = target.record
+        inputs = prov.null_score_inputs(
+            self.cfg, self.prompts, name, target.fingerprint, source, explanation
+        )
+        path = layout.null_score_file(self.scores_dir, name, record.hookpoint, record.latent)
+        previous, reason = self._score_decision(_read_score(path), inputs)
+        tally = self.null_tallies[name]
+        if reason is None:
+            tally.reuse()
+            return
+        tally.recompute(reason)
+        result = await self.null_scorer(name).score(record, explanation.text, previous=previous)
+        result["null"] = {
+            "kind": "shuffled",
+            "source_hookpoint": source[0],
+            "source_latent": int(source[1]),
+        }
+        atomic_write_json(path, prov.stamp(result, inputs))
+        self.null_outcome.add(result)
 
     # -- bookkeeping
     def write_failures(self) -> None:
@@ -427,7 +513,7 @@ class LLMWork:
         elif self.explain:
             self.explain_tally.log()
         if self.score:
-            for tally in self.score_tallies.values():
+            for tally in (*self.score_tallies.values(), *self.null_tallies.values()):
                 tally.log()
 
 
@@ -516,6 +602,11 @@ async def llm_stages_async(
     items = load_examples(cfg, examples_dir, latent_range)
     what = " and ".join(n for n, on in (("explain", explain), ("score", work.score)) if on)
     log.info("%s: %d latents with examples", what, len(items))
+    work.plan_nulls(items)
+    if work.null_targets:
+        from autointerp_full.nulls import estimate_null_cost
+
+        log.info("%s", estimate_null_cost(cfg, len(work.null_targets)).describe())
     # Enough latents in flight to keep every request slot busy.
     limit = max(2, cfg.max_concurrent_requests)
     start = time.perf_counter()
@@ -565,6 +656,20 @@ def _log_failures(
             o.errored,
             o.incomplete,
             len(work.score_failures),
+        )
+    if work.null_tallies:
+        o = work.null_outcome
+        log.info(
+            "shuffled null: %d null score files written; %d answer retries, %d failed "
+            "batches, %d failed latents (%d errored, %d incomplete), %d latents without a null "
+            "(the explanation dealt to them is missing)",
+            o.latents,
+            o.retries,
+            o.failed_batches,
+            o.errored + o.incomplete,
+            o.errored,
+            o.incomplete,
+            work.null_without_source,
         )
 
 
