@@ -14,10 +14,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROVIDERS = ("offline", "openrouter", "vllm")
-EXPLAINERS = ("default", "single_token", "contrastive", "np_max_act", "cot", "none")
-SCORERS = ("detection", "fuzz", "simulation", "surprisal", "embedding", "intruder")
+EXPLAINERS = ("default", "single_token", "contrastive", "np_max_act", "cot", "output", "none")
+SCORERS = (
+    "detection",
+    "fuzz",
+    "simulation",
+    "surprisal",
+    "embedding",
+    "intruder",
+    "intervention",
+    "output_detection",
+)
 NON_ACTIVATING_SOURCES = ("random", "neighbours", "FAISS")
 NEIGHBOURS_TYPES = ("co-occurrence", "decoder_similarity", "encoder_similarity")
+NULL_BASELINES = ("shuffled", "none")
 OVERWRITE_CHOICES = ("cache", "neighbours", "examples", "explanations", "scores")
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 

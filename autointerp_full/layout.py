@@ -18,6 +18,7 @@ results/<name>/
   scores/<scorer>/<hookpoint>_latent_<id>.txt  score_file()
   scores/shuffled_null/<scorer>/<stem>.txt null_score_file(): --null_baseline shuffled
   scores/failures.json, .usage.json        the score stage's bookkeeping
+  output/<hookpoint>_latent_<id>.json      output_file(): output profile (logit lens, steering)
   summary.json                             SUMMARY
   report/index.html                        REPORT_DIR / REPORT_HTML
 ```
@@ -47,6 +48,7 @@ EXAMPLES = "examples"
 EXPLANATIONS = "explanations"
 SCORES = "scores"
 SUMMARY = "summary.json"
+OUTPUT = "output"  # output/<hookpoint>_latent_<id>.json: a latent's output profile (issue 13)
 REPORT_DIR = "report"
 REPORT_HTML = "index.html"
 
@@ -63,6 +65,7 @@ NULL_DIRS = (SHUFFLED_NULL,)
 BOOKKEEPING = (SKIPPED, USAGE, FAILURES)
 
 EXAMPLE_EXT = ".json"
+OUTPUT_EXT = ".json"
 EXPLANATION_EXT = ".txt"
 SCORE_EXT = ".txt"
 
@@ -117,6 +120,11 @@ def explanation_file(explanations_dir: Path, hookpoint: str, latent: int) -> Pat
 
 def explanation_provenance_file(explanations_dir: Path, hookpoint: str, latent: int) -> Path:
     return Path(explanations_dir) / PROVENANCE / f"{latent_stem(hookpoint, latent)}.json"
+
+
+def output_file(output_dir: Path, hookpoint: str, latent: int) -> Path:
+    """A latent's output profile (logit lens and steering), made by the output stage."""
+    return Path(output_dir) / f"{latent_stem(hookpoint, latent)}{OUTPUT_EXT}"
 
 
 def score_dir(scores_dir: Path, scorer: str) -> Path:
@@ -211,6 +219,10 @@ class RunLayout:
     @property
     def scores(self) -> Path:
         return self.root / SCORES
+
+    @property
+    def output(self) -> Path:
+        return self.root / OUTPUT
 
     @property
     def summary(self) -> Path:

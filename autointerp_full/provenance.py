@@ -185,14 +185,21 @@ def prompt_hash(prompts: Prompts, key: str | None) -> str | None:
     return text_hash(prompts.get(key)) if key else None
 
 
-def explanation_inputs(cfg: RunConfig, prompts: Prompts, examples_fp: str | None) -> dict[str, Any]:
+def explanation_inputs(
+    cfg: RunConfig, prompts: Prompts, examples_fp: str | None, output_fp: str | None = None
+) -> dict[str, Any]:
+    """`output_fp`: the output profile's fingerprint, part of the inputs of the output
+    explainer only (other explainers' fingerprints do not name it)."""
     explainer = cfg.effective_explainer
-    return {
+    inputs = {
         "examples": ref(examples_fp),
         "explainer": explainer,
         "explainer_prompt": prompt_hash(prompts, explainer_prompt_key(explainer)),
         **_fields(cfg, EXPLANATION_FIELDS),
     }
+    if explainer == "output":
+        inputs["output"] = ref(output_fp)
+    return inputs
 
 
 def scorer_fields(scorer: str) -> tuple[str, ...]:
@@ -255,6 +262,23 @@ def null_source(data: Any) -> tuple[str, int] | None:
         return None
     return hookpoint, latent
 
+
+# ------------------------------------------------------------ output profiles (issue 13)
+# Parameters that shape a latent's output profile, besides its examples and the profile's own
+# settings (autointerp_full.output): the subject model and the sparse model's weights.
+OUTPUT_FIELDS = ("model", "sparse_model", "sparse_weights", "dtype", "load_in_8bit")
+
+
+def output_inputs(cfg: RunConfig, examples_fp: str | None) -> dict[str, Any]:
+    from autointerp_full.output import STEER_CONTEXTS, STEER_FACTOR, TOP_TOKENS
+
+    return {
+        "examples": ref(examples_fp),
+        **_fields(cfg, OUTPUT_FIELDS),
+        "top_tokens": TOP_TOKENS,
+        "steer_contexts": STEER_CONTEXTS,
+        "steer_factor": STEER_FACTOR,
+    }
 
 
 @dataclass(frozen=True)

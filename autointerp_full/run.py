@@ -28,7 +28,10 @@ def run_all(cfg: RunConfig) -> int:
 
     stages.cache_stage(cfg, run.latents)
     stages.examples_stage(cfg, run.latents, run.examples)
-    stages.explain_and_score_stage(cfg, run.examples, run.explanations, run.scores)
+    stages.output_stage(cfg, run.examples, run.output)  # only with output-side explainer/scorers
+    stages.explain_and_score_stage(
+        cfg, run.examples, run.explanations, run.scores, output_dir=run.output
+    )
     summary_path = stages.report_stage(cfg, run.root)
 
     from autointerp_full.report import print_table

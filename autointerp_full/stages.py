@@ -255,6 +255,7 @@ class LLMWork:
     explanations_dir: Path
     scores_dir: Path | None
     explain: bool
+    output_dir: Path | None = None  # output profiles, which the output explainer reads
     prompts: Prompts = field(init=False)
     explain_tally: prov.Tally = field(init=False)
     score_tallies: dict[str, prov.Tally] = field(init=False)
@@ -283,7 +284,24 @@ class LLMWork:
 
     # -- explanations
     def explanation_inputs(self, item: LoadedExamples) -> dict[str, Any]:
-        return prov.explanation_inputs(self.cfg, self.prompts, item.fingerprint)
+        return prov.explanation_inputs(
+            self.cfg, self.prompts, item.fingerprint, self.output_fingerprint(item.record)
+        )
+
+    def output_profile(self, record: LatentRecord) -> dict[str, Any] | None:
+        """The latent's output profile (output explainer only), or None."""
+        from autointerp_full.output.stage import read_profile
+
+        if self.cfg.effective_explainer != "output":
+            return None
+        return read_profile(self.output_dir, record.hookpoint, record.latent)
+
+    def output_fingerprint(self, record: LatentRecord) -> str | None:
+        if self.cfg.effective_explainer != "output" or self.output_dir is None:
+            return None
+        return prov.peek_fingerprint(
+            layout.output_file(self.output_dir, record.hookpoint, record.latent)
+        )
 
     def read_explanation(self, record: LatentRecord) -> prov.Explanation | None:
         text_path = layout.explanation_file(self.explanations_dir, record.hookpoint, record.latent)
@@ -346,7 +364,8 @@ class LLMWork:
 
         record = item.record
         stem = latent_stem(record.hookpoint, record.latent)
-        result = await explain(record, self.client, self.prompts, self.cfg)
+        profile = self.output_profile(record)
+        result = await explain(record, self.client, self.prompts, self.cfg, output_profile=profile)
         if result.explanation is None:
             # The old explanation, if any, stays on disk; its fingerprint keeps it out of use.
             self.explain_failures[stem] = result.error or "failed"
@@ -594,11 +613,13 @@ async def llm_stages_async(
     latent_range: LatentRange = None,
     *,
     explain: bool = True,
+    output_dir: Path | None = None,
 ) -> LLMWork:
     """Explain (when `explain`) and/or score (when scores_dir is given) every selected latent,
     reusing whatever is current; each stage's usage and failures go to its own folder."""
     work = LLMWork(cfg, client, Path(examples_dir), Path(explanations_dir),
-                   Path(scores_dir) if scores_dir is not None else None, explain)  # fmt: skip
+                   Path(scores_dir) if scores_dir is not None else None, explain,
+                   Path(output_dir) if output_dir is not None else None)  # fmt: skip
     items = load_examples(cfg, examples_dir, latent_range)
     what = " and ".join(n for n, on in (("explain", explain), ("score", work.score)) if on)
     log.info("%s: %d latents with examples", what, len(items))
@@ -681,6 +702,7 @@ def _run_llm(
     scores_dir: Path | None,
     latent_range: LatentRange,
     explain: bool,
+    output_dir: Path | None = None,
 ) -> None:
     from autointerp_full.llm import make_client
 
@@ -688,7 +710,8 @@ def _run_llm(
         client = make_client(cfg, stage)
         try:
             await llm_stages_async(cfg, client, examples_dir, explanations_dir, scores_dir,
-                                   latent_range, explain=explain)  # fmt: skip
+                                   latent_range, explain=explain,
+                                   output_dir=output_dir)  # fmt: skip
         finally:
             await client.aclose()
 
@@ -696,10 +719,17 @@ def _run_llm(
 
 
 def explain_stage(
-    cfg: RunConfig, examples_dir: Path, explanations_dir: Path, latent_range: LatentRange = None
+    cfg: RunConfig,
+    examples_dir: Path,
+    explanations_dir: Path,
+    latent_range: LatentRange = None,
+    *,
+    output_dir: Path | None = None,
 ) -> Path:
+    """`output_dir`: the output stage's profiles, read by the output explainer."""
     Path(explanations_dir).mkdir(parents=True, exist_ok=True)
-    _run_llm(cfg, EXPLAIN_STAGE, examples_dir, explanations_dir, None, latent_range, True)
+    _run_llm(cfg, EXPLAIN_STAGE, examples_dir, explanations_dir, None, latent_range, True,
+             output_dir)  # fmt: skip
     return Path(explanations_dir)
 
 
@@ -722,13 +752,32 @@ def explain_and_score_stage(
     explanations_dir: Path,
     scores_dir: Path,
     latent_range: LatentRange = None,
+    *,
+    output_dir: Path | None = None,
 ) -> tuple[Path, Path]:
     """The CLI's explain and score: each latent is scored as soon as it is explained, through one
     client; the usage is still split, explain's into explanations/ and score's into scores/."""
     Path(explanations_dir).mkdir(parents=True, exist_ok=True)
     Path(scores_dir).mkdir(parents=True, exist_ok=True)
-    _run_llm(cfg, EXPLAIN_STAGE, examples_dir, explanations_dir, scores_dir, latent_range, True)
+    _run_llm(cfg, EXPLAIN_STAGE, examples_dir, explanations_dir, scores_dir, latent_range, True,
+             output_dir)  # fmt: skip
     return Path(explanations_dir), Path(scores_dir)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def output_stage(
+    cfg: RunConfig, examples_dir: Path, output_dir: Path, latent_range: LatentRange = None
+) -> Path:
+    """Output profiles (logit lens, steering) of the selected latents, when the run uses them
+    (the output explainer or an output-side scorer); otherwise nothing is done or loaded."""
+    from autointerp_full.output import needs_output_profile
+    from autointerp_full.output.stage import run_output_stage
+
+    if not needs_output_profile(cfg):
+        return Path(output_dir)
+    return run_output_stage(cfg, Path(examples_dir), Path(output_dir), latent_range)
 
 
 # --------------------------------------------------------------------------- report
@@ -780,6 +829,7 @@ __all__ = [
     "score_stage",
     "explain_and_score_stage",
     "report_stage",
+    "output_stage",
     "dump_config",
     "load_examples",
     "load_records",

@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from autointerp_full.examples.types import Example, LatentRecord
@@ -100,6 +101,23 @@ def _np_max_act_body(
     return "\n".join(f"{i}. {mark(e, threshold=threshold)}" for i, e in enumerate(train, 1))
 
 
+def _output_body(
+    train: list[Example],
+    _record: LatentRecord,
+    _neg: list[Example],
+    threshold: float,
+    profile: dict[str, Any] | None = None,
+) -> str:
+    """The output explainer's evidence (as Neuronpedia's max-act-logits): the output profile's
+    token lists, then the strongest excerpts."""
+    from autointerp_full.output.profile import profile_prompt_lines
+
+    lines = profile_prompt_lines(profile)
+    lines += ["", "Excerpts where the latent fires most strongly:"]
+    lines += [f"{i}. {mark(e, threshold=threshold)}" for i, e in enumerate(train, 1)]
+    return "\n".join(lines)
+
+
 Body = Callable[[list[Example], LatentRecord, list[Example], float], str]
 
 # explainer -> (prompt key, body builder, answer budget)
@@ -109,6 +127,7 @@ STRATEGIES: dict[str, tuple[str, Body, int]] = {
     "contrastive": ("explainers.default.system_contrastive", _contrastive_body, MAX_TOKENS),
     "np_max_act": ("explainers.np_max_act.system_concise", _np_max_act_body, MAX_TOKENS),
     "cot": ("explainers.default.cot", _default_body, COT_MAX_TOKENS),
+    "output": ("explainers.output.system", _output_body, MAX_TOKENS),
 }
 
 
@@ -148,7 +167,11 @@ def strongest_windows(record: LatentRecord) -> list[Example]:
 
 
 def build_messages(
-    record: LatentRecord, prompts: Prompts, cfg: RunConfig, explainer: str | None = None
+    record: LatentRecord,
+    prompts: Prompts,
+    cfg: RunConfig,
+    explainer: str | None = None,
+    output_profile: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, str]], int]:
     """(chat messages, max answer tokens) for the explainer, trimmed to the model's context.
 
@@ -160,6 +183,9 @@ def build_messages(
     train = ranked(record.train)
     if explainer == "np_max_act":
         train = strongest_windows(record)[:NP_MAX_ACT_EXAMPLES]
+    if explainer == "output":  # the profile, then the top excerpts (like np_max_act's)
+        body = partial(_output_body, profile=output_profile)
+        train = train[:NP_MAX_ACT_EXAMPLES]
     negatives = list(contrast_windows(record)[: len(train)]) if explainer == "contrastive" else []
     budget = max(1, cfg.explainer_model_max_len - max_tokens)
     threshold = cfg.highlight_threshold
@@ -241,6 +267,7 @@ async def explain(
     prompts: Prompts,
     cfg: RunConfig,
     existing: str | None = None,
+    output_profile: dict[str, Any] | None = None,
 ) -> ExplainResult:
     """Explain one latent with the strategy cfg.effective_explainer.
 
@@ -256,7 +283,9 @@ async def explain(
         return ExplainResult(None, "", f"--explainer: unknown explainer {explainer!r}")
     if not record.train:
         return ExplainResult(None, "", "no train examples to explain from")
-    messages, max_tokens = build_messages(record, prompts, cfg, explainer)
+    if explainer == "output" and output_profile is None:
+        return ExplainResult(None, "", "--explainer output: no output profile for this latent")
+    messages, max_tokens = build_messages(record, prompts, cfg, explainer, output_profile)
     opening = answer_opening(cfg, explainer)
     if opening:
         messages = [*messages, {"role": "assistant", "content": opening}]

@@ -9,7 +9,9 @@ from __future__ import annotations
 from autointerp_full.scorers.base import Scorer
 from autointerp_full.scorers.classifier import DetectionScorer, FuzzScorer
 from autointerp_full.scorers.embedding import EmbeddingScorer
+from autointerp_full.scorers.intervention import InterventionScorer
 from autointerp_full.scorers.intruder import IntruderScorer
+from autointerp_full.scorers.output_detection import OutputDetectionScorer
 from autointerp_full.scorers.simulation import SimulationScorer
 from autointerp_full.scorers.surprisal import SurprisalScorer
 
@@ -20,6 +22,8 @@ SCORERS: dict[str, type[Scorer]] = {
     "surprisal": SurprisalScorer,
     "embedding": EmbeddingScorer,
     "intruder": IntruderScorer,
+    "intervention": InterventionScorer,
+    "output_detection": OutputDetectionScorer,
 }
 
 # Scorers whose per-example predictions are yes/no, so their examples can be pooled into
@@ -34,6 +38,8 @@ HEADLINE_METRIC = {
     "simulation": "correlation",
     "surprisal": "auc",
     "embedding": "auc",
+    "intervention": "effect",
+    "output_detection": "balanced_accuracy",
 }
 
 __all__ = [
@@ -47,4 +53,6 @@ __all__ = [
     "SurprisalScorer",
     "EmbeddingScorer",
     "IntruderScorer",
+    "InterventionScorer",
+    "OutputDetectionScorer",
 ]

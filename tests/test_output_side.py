@@ -1,0 +1,233 @@
+"""The output side (issue 13): output profiles, the output explainer, and the intervention and
+output_detection scorers, on the tiny model with a sparse model whose latent 0 writes the
+unembedding row of one chosen token (so it promotes that token by construction)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TINY_HIDDEN
+from llm_test_server import ScriptedLLMServer
+
+from autointerp_full.config import RunConfig
+from autointerp_full.examples.types import Example, LatentRecord
+
+HOOKPOINT = "layers.3"  # the tiny model's last layer: its output goes straight to the norm
+N_LATENTS = 4
+CHOSEN = 0  # the latent built to promote the chosen token
+
+
+def chosen_token(model_dir: Path) -> tuple[int, str]:
+    """A token with a plain word-like text, whose unembedding row latent 0 writes."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for tid in range(len(tok) - 1, 0, -1):
+        text = tok.decode([tid])
+        if text.strip().isalpha() and len(text.strip()) >= 3:
+            return tid, text
+    raise AssertionError("no word-like token in the tiny vocabulary")
+
+
+def write_output_sae(root: Path, model_dir: Path, token_id: int, transcode: bool = False) -> Path:
+    """A ReLU SAE (or transcoder) in sparsify layout whose latent 0's decoder row is the unit
+    unembedding row of `token_id`; the other latents' rows are random unit vectors."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    head = AutoModelForCausalLM.from_pretrained(model_dir).get_output_embeddings().weight.detach()
+    gen = torch.Generator().manual_seed(3)
+    w_dec = torch.randn(N_LATENTS, TINY_HIDDEN, generator=gen)
+    w_dec[CHOSEN] = head[token_id].float()
+    w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
+    folder = root / HOOKPOINT
+    folder.mkdir(parents=True)
+    save_file(
+        {
+            "encoder.weight": torch.randn(N_LATENTS, TINY_HIDDEN, generator=gen).contiguous(),
+            "encoder.bias": torch.zeros(N_LATENTS),
+            "W_dec": w_dec.contiguous(),
+            "b_dec": torch.zeros(TINY_HIDDEN),
+        },
+        str(folder / "sae.safetensors"),
+    )
+    cfg = {"activation": "relu", "num_latents": N_LATENTS, "d_in": TINY_HIDDEN,
+           "transcode": transcode}  # fmt: skip
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    return root
+
+
+def make_record(latent: int, vocab: int, seed: int = 0) -> LatentRecord:
+    """A latent's examples: random windows, with the latent firing on a few tokens of each."""
+    rng = random.Random(seed + latent)
+
+    def window(quantile: int, active: bool) -> Example:
+        tokens = [rng.randrange(3, vocab) for _ in range(12)]
+        acts = [0.0] * 12
+        if active:
+            acts[6] = rng.uniform(1.0, 3.0)
+        return Example(tokens, [f"t{t}" for t in tokens], acts, quantile if active else -1)
+
+    return LatentRecord(
+        hookpoint=HOOKPOINT,
+        latent=latent,
+        n_activating=40,
+        firing_rate=0.01,
+        max_activation=3.0,
+        train=[window(3, True) for _ in range(6)],
+        test=[window(2, True) for _ in range(6)],
+        non_activating=[window(-1, False) for _ in range(4)],
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_dir) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("output_side")
+    token_id, text = chosen_token(tiny_model_dir)
+    sae = write_output_sae(root / "sae", tiny_model_dir, token_id)
+    vocab = len(AutoTokenizer.from_pretrained(tiny_model_dir))
+    records = [make_record(i, vocab) for i in range(N_LATENTS)]
+    return {"model": tiny_model_dir, "sae": sae, "token_id": token_id, "token": text,
+            "records": records, "root": root}  # fmt: skip
+
+
+def make_cfg(setup: dict, **changes: Any) -> RunConfig:
+    base: dict[str, Any] = dict(
+        model=str(setup["model"]),
+        sparse_model=str(setup["sae"]),
+        hookpoints=[HOOKPOINT],
+        device="cpu",
+        dtype="float32",
+        batch_size=16,
+        explainer_provider="vllm",
+        explainer_model="test-model",
+        explainer_api_base_url="http://127.0.0.1:9/v1",
+        structured_output="off",
+        verbose=False,
+    )
+    base.update(changes)
+    return RunConfig(**base)
+
+
+def profiles(setup: dict, sae: Path | None = None) -> list[dict[str, Any]]:
+    from autointerp_full.output import sparse_coder, subject_model
+    from autointerp_full.output.profile import compute_profiles
+
+    cfg = make_cfg(setup, **({"sparse_model": str(sae)} if sae else {}))
+    model, tok = subject_model(cfg)
+    coder = sparse_coder(cfg, HOOKPOINT, "cpu")
+    return compute_profiles(model, tok, coder, HOOKPOINT, setup["records"], rows_per_batch=5)
+
+
+# ------------------------------------------------------------------------------- profile
+
+
+def test_logit_lens_ranks_the_chosen_token_first(setup: dict) -> None:
+    out = profiles(setup)
+    top = out[CHOSEN]["logit_lens"]["promoted"]
+    assert top[0]["token_id"] == setup["token_id"], top[:3]
+    assert top[0]["token"] == setup["token"]
+    # The other latents' random directions do not rank it first.
+    assert all(p["logit_lens"]["promoted"][0]["token_id"] != setup["token_id"] for p in out[1:])
+    suppressed = out[CHOSEN]["logit_lens"]["suppressed"]
+    assert suppressed[0]["value"] < 0 < top[0]["value"]
+
+
+def test_steering_profile_puts_the_chosen_token_on_top(setup: dict) -> None:
+    out = profiles(setup)
+    steering = out[CHOSEN]["steering"]
+    assert steering["n_contexts"] == 6 and steering["n_positions"] == 72
+    first = steering["promoted"][0]
+    assert first["token_id"] == setup["token_id"], steering["promoted"][:3]
+    assert first["prob_after"] > first["prob_before"]
+
+
+def test_steering_raises_the_token_and_the_random_control_does_not(setup: dict) -> None:
+    from autointerp_full.scorers.intervention import steering_changes
+
+    cfg = make_cfg(setup)
+    record = setup["records"][CHOSEN]
+    steered, control = steering_changes(cfg, record, record.test, [setup["token_id"]])
+    assert len(steered) == len(control) == len(record.test)
+    assert min(steered) > 0.8, steered  # the token's log-probability rises on every window
+    assert max(control) < 0.5 * min(steered), control
+    assert abs(sum(control) / len(control)) < 0.2 * sum(steered) / len(steered)
+
+
+# ---------------------------------------------------------------------------- the LLM side
+
+
+def explanation_for(word: str) -> str:
+    return f"Promotes the word '{word}' as the next token."
+
+
+def output_responder(request: dict[str, Any]) -> Any:
+    """The scorer LLM of these tests: predicts the word an explanation quotes; explains from
+    the first promoted token of the output profile; tells steered texts by the quoted word."""
+    system = " ".join(request["messages"][0]["content"].split())
+    user = request["messages"][1]["content"]
+    if "name up to five words" in system:
+        quoted = re.findall(r"'([^']+)'", user)
+        return json.dumps({"tokens": quoted[:1] or ["nothing"]})
+    if "output direction promotes" in system:
+        line = next(x for x in user.splitlines() if x.startswith("Tokens the latent's output"))
+        first = re.findall(r"'([^']*)'", line)[0].strip()
+        return f"[EXPLANATION]: {explanation_for(first)}"
+    if "written with the latent amplified" in system:
+        quoted = re.findall(r"Explanation: .*?'([^']+)'", user)
+        word = quoted[0] if quoted else "\0"
+        texts = re.findall(r"^Example \d+: (.*)$", user, flags=re.M)
+        return json.dumps({"answers": [int(word in t) for t in texts]})
+    return "unexpected request"
+
+
+async def run_scorer(cfg: RunConfig, name: str, record: LatentRecord, text: str) -> dict:
+    from autointerp_full.llm import make_client
+    from autointerp_full.prompts import load_prompts
+    from autointerp_full.scorers import SCORERS
+
+    client = make_client(cfg, "score")
+    try:
+        return await SCORERS[name](client, load_prompts(cfg), cfg).score(record, text)
+    finally:
+        await client.aclose()
+
+
+def test_intervention_scores_the_right_explanation_clearly_above_a_wrong_one(setup: dict) -> None:
+    record = setup["records"][CHOSEN]
+    right = explanation_for(setup["token"].strip())
+    wrong = explanation_for("river")
+    with ScriptedLLMServer(output_responder) as server:
+        cfg = make_cfg(setup, explainer_api_base_url=server.url)
+        good = asyncio.run(run_scorer(cfg, "intervention", record, right))
+        bad = asyncio.run(run_scorer(cfg, "intervention", record, wrong))
+    for result in (good, bad):
+        m = result["metrics"]
+        assert result["error"] is None and result["incomplete"] is False
+        assert m["n"] == len(record.test) and m["n_failed"] == 0 and m["n_batches"] == 1
+        assert m["effect_low"] <= m["effect"] <= m["effect_high"]
+    assert setup["token_id"] in good["predicted_tokens"][0]["token_ids"]
+    assert good["metrics"]["effect"] > 0.5, good["metrics"]
+    assert good["metrics"]["effect_low"] > bad["metrics"]["effect_high"], (good, bad)
+    assert bad["metrics"]["effect"] < 0.5 * good["metrics"]["effect"]
+
+
+def test_intervention_counts_a_failed_prediction_and_never_guesses(setup: dict) -> None:
+    record = setup["records"][CHOSEN]
+    with ScriptedLLMServer(lambda _r: "I cannot say.") as server:
+        cfg = make_cfg(setup, explainer_api_base_url=server.url, answer_retries=1)
+        result = asyncio.run(run_scorer(cfg, "intervention", record, "anything"))
+        assert server.chat_requests == 2  # asked once more, then counted as failed
+    m = result["metrics"]
+    assert result["incomplete"] is True and result["error"]
+    assert m["n"] == 0 and m["n_failed"] == len(record.test) and m["n_failed_batches"] == 1
+    assert all(e["prediction"] is None for e in result["examples"])
