@@ -162,6 +162,15 @@ class RunConfig:
         type=int,
         min=0,
     )
+    null_baseline: str = _opt(
+        "shuffled",
+        "Null baseline: shuffled also scores every latent with another latent's explanation "
+        "(a derangement fixed by --seed) on the same examples, so each score is shown next to "
+        "its chance level, with their difference and 95% intervals. It adds scorer requests "
+        "only (no explanations); the count is logged before the LLM stages. none: off.",
+        "scoring",
+        choices=NULL_BASELINES,
+    )
     highlight_threshold: float = _opt(
         0.3,
         "Tokens whose activation reaches this fraction of the strongest activation in their "

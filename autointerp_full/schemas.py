@@ -188,9 +188,8 @@ def _validate_scores(path: Path) -> None:
     if path.is_file():
         files = [(path, *_name_parts(path))]
     else:
-        files = [
-            f for sub in layout.scorer_dirs(path) for f in _latent_files(sub, layout.SCORE_EXT)
-        ]
+        subs = layout.scorer_dirs(path) + layout.null_scorer_dirs(path)  # nulls: same format
+        files = [f for sub in subs for f in _latent_files(sub, layout.SCORE_EXT)]
     for file, hookpoint, latent in files:
         data = _read_json(file)
         check("score", data, str(file))

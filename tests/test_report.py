@@ -195,7 +195,7 @@ def test_write_summary_aggregates_and_counts(run_dir: Path) -> None:
     assert summary["explanations"][HP] == {"n_explained": 3, "n_failed": 1, "n_missing": 0}
     assert summary["explanation_failures"] == {f"{HP}_latent_3": "unparseable reply"}
     # Latent 9 (examples, explanation, score) and the unconfigured fuzz score are left out.
-    assert summary["left_out"] == {"examples": 1, "explanations": 1, "scores": 2}
+    assert summary["left_out"] == {"examples": 1, "explanations": 1, "scores": 2, "null_scores": 0}
     assert set(summary["scorers"]) == {"detection", "simulation"}
 
 
