@@ -20,7 +20,8 @@ results/<name>/
   scores/failures.json, .usage.json        the score stage's bookkeeping
   output/<hookpoint>_latent_<id>.json      output_file(): output profile (logit lens, steering)
   summary.json                             SUMMARY
-  report/index.html                        REPORT_DIR / REPORT_HTML
+  report/index.html                        REPORT_DIR / REPORT_HTML: the dashboard
+  report/standalone.html                   REPORT_STANDALONE: its index in one file, for KFP
 ```
 Each stage writes only into its own folder; its usage and failure files live there too.
 """
@@ -51,6 +52,8 @@ SUMMARY = "summary.json"
 OUTPUT = "output"  # output/<hookpoint>_latent_<id>.json: a latent's output profile (issue 13)
 REPORT_DIR = "report"
 REPORT_HTML = "index.html"
+# report/standalone.html: the dashboard's index as one self-contained page (KFP's HTML artifact).
+REPORT_STANDALONE = "standalone.html"
 
 # Files beside the per-latent files of a stage folder.
 SKIPPED = "skipped.json"  # examples/: latents with too few activating windows
@@ -235,6 +238,10 @@ class RunLayout:
     @property
     def report_html(self) -> Path:
         return self.report_dir / REPORT_HTML
+
+    @property
+    def report_standalone(self) -> Path:
+        return self.report_dir / REPORT_STANDALONE
 
 
 # ------------------------------------------------------------------------ latent selection
