@@ -269,7 +269,7 @@ class RunConfig:
         [], "Recompute these stages' outputs.", "technical", nargs="+", choices=OVERWRITE_CHOICES
     )
     enable_visualization: bool = _opt(
-        False, "Write plots and an HTML report (needs the 'visualize' extra).", "technical"
+        False, "Write the HTML dashboard under report/ (static files, no extra).", "technical"
     )
 
     # ----------------------------------------------------------------- helpers

@@ -86,8 +86,6 @@ def check_extras(cfg: RunConfig) -> None:
         needs.append((*st, "--non_activating_source FAISS"))
     if "embedding" in cfg.scorers:
         needs.append((*st, "--scorers embedding"))
-    if cfg.enable_visualization:
-        needs.append(("plotly", "plotly", "visualize", "--enable_visualization"))
     for module, package, extra, purpose in needs:
         if importlib.util.find_spec(module) is None:
             raise MissingExtraError(package, extra, purpose)

@@ -51,7 +51,7 @@ PAGE_ROWS = 1000  # index rows per data page
 BUCKET = 1000  # latent data files per folder
 STANDALONE_ROWS = 2000  # rows inlined into standalone.html
 NEIGHBOUR_TEXT = 120  # characters of a neighbour's explanation shown beside it
-STANDALONE = "standalone.html"
+STANDALONE = layout.REPORT_STANDALONE
 LATENT_PAGE = "latent.html"
 
 
@@ -360,7 +360,7 @@ def write_dashboard(run_dir: Path, cfg: RunConfig, *, neighbours: bool = True) -
         _write(staging, f"assets/{name}", (ASSETS / name).read_text(encoding="utf-8"))
     _write(staging, layout.REPORT_HTML, index_html(cfg))
     _write(staging, LATENT_PAGE, latent_html(cfg))
-    _write(staging, STANDALONE, standalone_html(cfg, meta_data, rows))
+    _write(staging, layout.REPORT_STANDALONE, standalone_html(cfg, meta_data, rows))
     _swap_in(staging, run.report_dir)
     log.info(
         "dashboard: %s (%d latents, %d with an output side); open it in a browser",
