@@ -409,6 +409,70 @@ def format_comparison(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def comparison_html(result: dict[str, Any]) -> str:
+    """The comparison as an HTML section (the pipeline report's baseline block)."""
+    from html import escape
+
+    a = result["a"]
+    head = (
+        f"<p>Against the baseline <b>{escape(str(a['run']))}</b>: "
+        f"{result['n_shared_latents']} latents in both runs ({result['n_only_a']} only in the "
+        f"baseline, {result['n_only_b']} only in this run). Changes are this run minus the "
+        "baseline over the latents both scored; the interval is a paired bootstrap over "
+        "latents, and a change is marked when it excludes 0.</p>"
+    )
+    if result["changed_config"]:
+        head += f"<p>Configuration differs in: {escape(', '.join(result['changed_config']))}</p>"
+    rows = []
+    for scorer, entry in result["scorers"].items():
+        for hp, block in [("all", entry["overall"])] + list(entry["hookpoints"].items()):
+            change = block["change"]
+            interval = (
+                "n/a"
+                if change["low"] is None
+                else f"[{_fmt(change['low'], True)}, {_fmt(change['high'], True)}]"
+            )
+            cells = [scorer, hp, entry["metric"], _fmt(block["a"]["mean"]),
+                     _fmt(block["b"]["mean"]), _fmt(change["estimate"], True), interval,
+                     str(block["n_shared"]), block["verdict"]]  # fmt: skip
+            rows.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
+    header = "".join(
+        f"<th>{h}</th>"
+        for h in ("scorer", "hookpoint", "metric", "baseline", "this run", "change",
+                  "interval", "shared", "verdict")
+    )  # fmt: skip
+    movers = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in (
+            m["scorer"], m["hookpoint"], m["latent"], _fmt(m["a"]), _fmt(m["b"]),
+            _fmt(m["change"], True),
+            {True: "yes", False: "no", None: "n/a"}[m["outside_intervals"]])) + "</tr>"
+        for m in result["movers"]
+    )  # fmt: skip
+    return (
+        "<section id='baseline-comparison'><h2>Compared with the baseline</h2>"
+        f"{head}<table><tr>{header}</tr>{''.join(rows)}</table>"
+        "<h3>Latents that moved most</h3><table><tr><th>scorer</th><th>hookpoint</th>"
+        "<th>latent</th><th>baseline</th><th>this run</th><th>change</th>"
+        f"<th>outside Wilson intervals</th></tr>{movers}</table></section>"
+    )
+
+
+def comparison_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a pipeline logs as metrics: per scorer, the overall change and its bounds."""
+    out: dict[str, Any] = {"n_shared_latents": result["n_shared_latents"]}
+    for scorer, entry in result["scorers"].items():
+        overall = entry["overall"]
+        out[scorer] = {
+            "baseline_mean": overall["a"]["mean"],
+            "mean": overall["b"]["mean"],
+            "change": overall["change"]["estimate"],
+            "change_low": overall["change"]["low"],
+            "change_high": overall["change"]["high"],
+            "n_shared": overall["n_shared"],
+        }
+    return out
+
+
 # ------------------------------------------------------------------------------------ CLI
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:

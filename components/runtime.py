@@ -417,6 +417,76 @@ def metrics_html(summary: dict[str, Any], cfg: RunConfig) -> str:
     )
 
 
+def fetch_baseline(baseline_uri: str, scratch: Path) -> Any:
+    """The baseline's per-latent scores (compare.RunScores) from a folder or S3 prefix holding
+    latent_scores.json, or None where there is none yet (a recurring job's first run)."""
+    from autointerp_full import s3
+    from autointerp_full.compare import LATENT_SCORES, load_scores
+
+    if s3.is_remote(baseline_uri):
+        if LATENT_SCORES not in s3.list_objects(baseline_uri):
+            return None
+        s3.download_objects(baseline_uri, [LATENT_SCORES], scratch)
+        return load_scores(scratch / LATENT_SCORES)
+    where = Path(baseline_uri)
+    # A latent_scores.json, a folder holding one, or a CLI run folder.
+    if (
+        where.is_file()
+        or (where / LATENT_SCORES).is_file()
+        or (where / "run_config.json").is_file()
+    ):
+        return load_scores(where)
+    return None
+
+
+def publish_baseline(folder: Path, baseline_uri: str) -> None:
+    """Make this run the next run's baseline: copy latent_scores.json and summary.json there,
+    each replaced atomically (locally) or as a whole object (S3), only once both exist."""
+    from autointerp_full import s3
+    from autointerp_full.compare import LATENT_SCORES
+    from autointerp_full.io import atomic_write
+
+    names = [LATENT_SCORES, "summary.json"]
+    with scratch_dir() as tmp:
+        for name in names:
+            shutil.copy2(folder / name, tmp / name)
+        if s3.is_remote(baseline_uri):
+            s3.upload_folder(tmp, baseline_uri)
+        else:
+            for name in names:
+                payload = (tmp / name).read_bytes()
+                atomic_write(Path(baseline_uri) / name, lambda t, p=payload: t.write_bytes(p))
+    log.info("this run is now the baseline at %s", baseline_uri)
+
+
+def compare_with_baseline(
+    run_root: Path, out: Path, baseline_uri: str, scratch: Path
+) -> dict[str, Any] | None:
+    """Write latent_scores.json into the summary artifact and, with a baseline, the comparison
+    (comparison.json beside it); returns the comparison or None."""
+    from autointerp_full.compare import LATENT_SCORES, compare, load_scores, write_latent_scores
+    from autointerp_full.io import atomic_write_json
+
+    write_latent_scores(run_root, out / LATENT_SCORES)
+    if not baseline_uri:
+        return None
+    baseline = fetch_baseline(baseline_uri, scratch / "baseline")
+    if baseline is None:
+        log.info("baseline %s holds no %s yet: nothing to compare", baseline_uri, LATENT_SCORES)
+        return None
+    result = compare(baseline, load_scores(out / LATENT_SCORES))
+    atomic_write_json(out / "comparison.json", result)
+    log.info("compared with baseline %s: %d latents shared", baseline_uri,
+             result["n_shared_latents"])  # fmt: skip
+    return result
+
+
+def _with_section(html: str, section: str) -> str:
+    """The page with `section` added at the end of its body."""
+    at = html.lower().rfind("</body>")
+    return html + section if at < 0 else html[:at] + section + html[at:]
+
+
 def run_report(
     config: str,
     examples: list[tuple[str, str]],
@@ -424,10 +494,15 @@ def run_report(
     scores: list[tuple[str, str]],
     summary_path: str,
     html_path: str,
+    baseline_uri: str = "",
+    update_baseline: bool = False,
 ) -> dict[str, float]:
     """Gather every shard's outputs into one run folder, write summary.json, return metrics.
 
-    Each input is a list of (uri, local path) pairs, one per shard artifact.
+    Each input is a list of (uri, local path) pairs, one per shard artifact. With
+    `baseline_uri` (a folder or S3 prefix holding a previous run's latent_scores.json, e.g.
+    the last run of the same recurring job), the metrics and the HTML also hold the comparison
+    with it; `update_baseline` then makes this run the baseline there for the next run.
     """
     from autointerp_full import s3
     from autointerp_full.io import atomic_write_text, read_json
@@ -436,6 +511,8 @@ def run_report(
     from autointerp_full.stages import dump_config, report_stage
 
     _setup()
+    if update_baseline and not baseline_uri:
+        raise UserError("update_baseline: needs baseline_uri, the place the baseline is kept")
     cfg = config_from_json(config)
     with scratch_dir() as tmp:
         run = RunLayout(tmp / "run")
@@ -458,9 +535,19 @@ def run_report(
         shutil.copy2(summary_file, out / run.summary.name)
         shutil.copy2(run.run_config, out / run.run_config.name)
         summary = read_json(summary_file)
+        comparison = compare_with_baseline(run.root, out, baseline_uri, tmp)
         html = run.report_html
-        if html.exists():
-            shutil.copy2(html, html_path)
-        else:
-            atomic_write_text(html_path, metrics_html(summary, cfg))
-    return flatten_metrics(summary)
+        page = html.read_text(encoding="utf-8") if html.exists() else metrics_html(summary, cfg)
+        if comparison is not None:
+            from autointerp_full.compare import comparison_html
+
+            page = _with_section(page, comparison_html(comparison))
+        atomic_write_text(html_path, page)
+        if update_baseline and baseline_uri:
+            publish_baseline(out, baseline_uri)
+    metrics = flatten_metrics(summary)
+    if comparison is not None:
+        from autointerp_full.compare import comparison_metrics
+
+        metrics.update(flatten_metrics({"baseline": comparison_metrics(comparison)}))
+    return metrics

@@ -153,8 +153,13 @@ def report_op(
     summary: Output[Dataset],
     metrics: Output[Metrics],
     report: Output[HTML],
+    baseline_uri: str = "",
+    update_baseline: bool = False,
 ) -> None:
-    """Gather every shard, write summary.json, log its numbers as metrics, render the report."""
+    """Gather every shard, write summary.json, log its numbers as metrics, render the report.
+
+    With baseline_uri (where a previous run's latent_scores.json is kept), the metrics and the
+    report also compare this run with it; update_baseline makes this run the next baseline."""
     from components.runtime import run_report
 
     values = run_report(
@@ -164,6 +169,8 @@ def report_op(
         [(a.uri, a.path) for a in scores],
         summary.path,
         report.path,
+        baseline_uri,
+        update_baseline,
     )
     for name, value in values.items():
         metrics.log_metric(name, value)

@@ -1,5 +1,5 @@
 """The AutoInterp pipeline: configure -> cache per hookpoint -> plan -> per latent range
-(examples -> explain -> score) -> report.
+(examples -> explain -> score) -> report (compared with `baseline_uri` when given).
 
 Parameters are generated from RunConfig: `config_json` (every field, RunConfig's defaults) and a
 few top-level parameters (components.runtime.PROMOTED_FIELDS) that replace the same key of
@@ -168,6 +168,8 @@ def build_pipeline(opts: BuildOptions = BuildOptions()) -> Any:  # noqa: B008 (f
             examples=dsl.Collected(ex.outputs["examples"]),
             explanations=dsl.Collected(explain.outputs["explanations"]),
             scores=dsl.Collected(score.outputs["scores"]),
+            baseline_uri=p["baseline_uri"],
+            update_baseline=p["update_baseline"],
         ).set_display_name("report")
         report.set_caching_options(False)
         _with_s3_env(report)
@@ -184,6 +186,10 @@ def build_pipeline(opts: BuildOptions = BuildOptions()) -> Any:  # noqa: B008 (f
     params.append(
         P("shard_size", P.POSITIONAL_OR_KEYWORD, default=DEFAULT_SHARD_SIZE, annotation=int)
     )
+    # A recurring job's baseline: where the previous run's latent_scores.json is kept (a folder
+    # or S3 prefix; empty: no comparison); update_baseline makes this run the next baseline.
+    params.append(P("baseline_uri", P.POSITIONAL_OR_KEYWORD, default="", annotation=str))
+    params.append(P("update_baseline", P.POSITIONAL_OR_KEYWORD, default=False, annotation=bool))
     names = [param.name for param in params]
     body.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     body.__name__ = "autointerp_pipeline"

@@ -153,3 +153,49 @@ def test_a_run_is_still_parsed_as_before() -> None:
 
     cfg = parse_config(["some/model", "some/sae", "--hookpoints", "layers.3"])
     assert (cfg.model, cfg.sparse_model, cfg.hookpoints) == ("some/model", "some/sae", ["layers.3"])
+
+
+def report_step(builder: RunBuilder, out: Path, baseline: str, update: bool) -> dict:
+    """The pipeline's report step on a run folder's stage outputs (one shard each)."""
+    from components.runtime import run_report
+
+    run = builder.run
+    pairs = [[(str(d), str(d))] for d in (run.examples, run.explanations, run.scores)]
+    return run_report(builder.cfg.to_json(), *pairs, str(out / "summary"), str(out / "r.html"),
+                      baseline, update)  # fmt: skip
+
+
+def test_report_step_compares_with_the_recurring_jobs_baseline(tmp_path: Path) -> None:
+    def nightly(name: str, right: int) -> RunBuilder:
+        builder = RunBuilder(tmp_path / name, config(name, [A]))
+        for latent in range(6):
+            builder.latent(A, latent, f"l{latent}", {"detection": right, "fuzz": 5})
+        return builder
+
+    baseline = tmp_path / "baseline"
+    # First run: nothing to compare with yet; it becomes the baseline.
+    first = report_step(nightly("mon", 5), tmp_path / "mon", str(baseline), True)
+    assert not any(k.startswith("baseline.") for k in first)
+    assert (baseline / compare.LATENT_SCORES).is_file() and (baseline / "summary.json").is_file()
+    assert not (tmp_path / "mon" / "summary" / "comparison.json").exists()
+    # Second run: compared with the first, in the metrics, the HTML and comparison.json.
+    second = report_step(nightly("tue", 9), tmp_path / "tue", str(baseline), False)
+    assert second["baseline.n_shared_latents"] == 6
+    assert second["baseline.detection.change"] == pytest.approx(0.4)
+    assert second["baseline.detection.baseline_mean"] == pytest.approx(0.5)
+    assert second["baseline.fuzz.change"] == pytest.approx(0.0)
+    html = (tmp_path / "tue" / "r.html").read_text()
+    assert "Compared with the baseline" in html and html.rstrip().endswith("</html>")
+    saved = json.loads((tmp_path / "tue" / "summary" / "comparison.json").read_text())
+    assert saved["a"]["run"] == "mon" and saved["b"]["run"] == "tue"
+    # Not published (update_baseline off): the baseline is still the first run.
+    kept = json.loads((baseline / compare.LATENT_SCORES).read_text())
+    assert kept["run"] == "mon"
+
+
+def test_update_baseline_needs_a_baseline_uri(tmp_path: Path) -> None:
+    from autointerp_full.errors import UserError
+
+    builder = RunBuilder(tmp_path / "r", config("r", [A]))
+    with pytest.raises(UserError, match="update_baseline: needs baseline_uri"):
+        report_step(builder, tmp_path / "out", "", True)
