@@ -536,8 +536,9 @@ def run_report(
         shutil.copy2(run.run_config, out / run.run_config.name)
         summary = read_json(summary_file)
         comparison = compare_with_baseline(run.root, out, baseline_uri, tmp)
-        html = run.report_html
-        page = html.read_text(encoding="utf-8") if html.exists() else metrics_html(summary, cfg)
+        # KFP shows one file: the dashboard's self-contained index where it was written.
+        html = next((f for f in (run.report_standalone, run.report_html) if f.exists()), None)
+        page = html.read_text(encoding="utf-8") if html else metrics_html(summary, cfg)
         if comparison is not None:
             from autointerp_full.compare import comparison_html
 
