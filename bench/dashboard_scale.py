@@ -53,6 +53,9 @@ def main() -> int:
     parser.add_argument("--latents", type=int, default=20_000, help="latents in the run")
     parser.add_argument("--pages", type=int, default=20, help="latent pages to open")
     parser.add_argument("--keep", type=Path, default=None, help="build the run here and keep it")
+    parser.add_argument(
+        "--reuse", action="store_true", help="with --keep: reuse the run built there before"
+    )
     parser.add_argument("--screenshot", type=Path, default=None, help="save the index as PNG")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -63,12 +66,20 @@ def main() -> int:
 
     base = args.keep or Path(tempfile.mkdtemp(prefix="aif-dash-bench-"))
     try:
-        t = time.perf_counter()
-        root, cfg = build_run(base, args.latents, ("layers.10", "layers.20"))
-        print(f"synthetic run: {args.latents:,} latents built in {time.perf_counter() - t:.1f} s")
-        t = time.perf_counter()
-        write_summary(root, cfg)
-        print(f"summary.json: {time.perf_counter() - t:.1f} s")
+        if args.reuse and args.keep and (args.keep / "dash" / "summary.json").is_file():
+            from dashboard_run import config
+
+            root = args.keep / "dash"
+            cfg = config(["layers.10", "layers.20"], results_dir=str(args.keep))
+            print(f"reusing the synthetic run in {root}")
+        else:
+            t = time.perf_counter()
+            root, cfg = build_run(base, args.latents, ("layers.10", "layers.20"))
+            took = time.perf_counter() - t
+            print(f"synthetic run: {args.latents:,} latents built in {took:.1f} s")
+            t = time.perf_counter()
+            write_summary(root, cfg)
+            print(f"summary.json: {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
         report = write_html_report(root, cfg).parent
         n_files, size = folder_size(report)

@@ -304,3 +304,20 @@ def test_decoder_neighbours_from_a_local_sparse_model(tiny_sae_dir: Path, tmp_pa
     out = CacheDerived()
     decoder_neighbours(missing, layout.RunLayout(tmp_path), HP, [0], out)
     assert not out.decoder and "not available" in out.notes["decoder"][HP]
+
+
+def test_assets_ship_with_the_package() -> None:
+    """The dashboard's script and style sheet are package data, so an installed wheel has them."""
+    import ast
+    import fnmatch
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "pyproject.toml").read_text()
+    section = text.split("[tool.setuptools.package-data]", 1)[1]
+    line = re.search(r"^autointerp_full\s*=\s*(\[.*\])\s*$", section, re.M)
+    assert line, "no package-data for autointerp_full"
+    globs = ast.literal_eval(line.group(1))  # a TOML array of strings reads as a Python list
+    package = root / "autointerp_full"
+    for asset in (package / "report" / "assets").iterdir():
+        rel = asset.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), rel
