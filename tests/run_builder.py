@@ -32,6 +32,39 @@ def config(name: str, hookpoints: list[str], **changes: Any) -> RunConfig:
     return RunConfig(**{**base, **changes})
 
 
+def score_data(
+    scorer: str,
+    hp: str,
+    latent: int,
+    right: int,
+    wrong: int,
+    *,
+    error: str | None = None,
+    incomplete: bool = False,
+) -> dict[str, Any]:
+    """A yes/no score file's content: `right` and `wrong` answers, alternating labels."""
+    examples = []
+    for i in range(right + wrong):
+        activating = i % 2 == 0
+        prediction = activating if i < right else not activating
+        examples.append({"text": f"ex {i}", "activating": activating,
+                         "quantile": 1 if activating else -1, "prediction": prediction,
+                         "correct": prediction == activating})  # fmt: skip
+    n = right + wrong
+    data: dict[str, Any] = {
+        "scorer": scorer,
+        "hookpoint": hp,
+        "latent": latent,
+        "explanation": "e",
+        "examples": [] if error else examples,
+        "metrics": {} if error else {"accuracy": right / n if n else None, "n": n, "n_failed": 0},
+        "error": error,
+    }
+    if incomplete:
+        data["incomplete"] = True
+    return data
+
+
 class RunBuilder:
     """Writes examples, explanations and score files with the fingerprints `cfg` gives."""
 
@@ -102,31 +135,20 @@ class RunBuilder:
         incomplete: bool = False,
     ) -> dict[str, Any]:
         """A yes/no score file with `right` and `wrong` answers (activating examples first)."""
-        examples = []
-        for i in range(right + wrong):
-            activating = i % 2 == 0
-            prediction = activating if i < right else not activating
-            examples.append({"text": f"ex {i}", "activating": activating,
-                             "quantile": 1 if activating else -1, "prediction": prediction,
-                             "correct": prediction == activating})  # fmt: skip
-        n = right + wrong
-        data = {
-            "scorer": scorer,
-            "hookpoint": hp,
-            "latent": latent,
-            "explanation": "e",
-            "examples": [] if error else examples,
-            "metrics": {}
-            if error
-            else {"accuracy": right / n if n else None, "n": n, "n_failed": 0},  # fmt: skip
-            "error": error,
-        }
-        if incomplete:
-            data["incomplete"] = True
+        data = score_data(scorer, hp, latent, right, wrong, error=error, incomplete=incomplete)
         explanation = self.explanations.get((hp, latent), prov.Explanation("gone", None))
         inputs = prov.score_inputs(self.cfg, self.prompts, scorer, self.fp(hp), explanation)
         stamped = prov.stamp(data, inputs)
         write(layout.score_file(self.run.scores, scorer, hp, latent), stamped)
+        return stamped
+
+    def null(self, scorer: str, hp: str, latent: int, source: int, right: int, wrong: int) -> dict:
+        """A null score: latent's examples scored with `source`'s explanation."""
+        data = score_data(scorer, hp, latent, right, wrong)
+        inputs = prov.null_score_inputs(self.cfg, self.prompts, scorer, self.fp(hp), (hp, source),
+                                        self.explanations[(hp, source)])  # fmt: skip
+        stamped = prov.stamp(data, inputs)
+        write(layout.null_score_file(self.run.scores, scorer, hp, latent), stamped)
         return stamped
 
     def latent(self, hp: str, latent: int, text: str, right: dict[str, int], n: int = 10) -> None:

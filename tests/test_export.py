@@ -45,6 +45,7 @@ def run(tmp_path: Path) -> RunBuilder:
     builder.examples(A, 2)
     write(layout.failures_file(builder.run.explanations), {f"{A}_latent_2": "unparseable reply"})
     builder.latent(B, 5, "numbers", {"detection": 9, "fuzz": 6})
+    builder.null("detection", A, 0, 1, 4, 6)  # latent 0 scored with latent 1's explanation
     stale = layout.example_file(builder.run.examples, A, 9)
     write(stale, {"fingerprint": "old", "inputs": {}, "hookpoint": A, "latent": 9})
     return builder
@@ -70,6 +71,8 @@ def test_csv_has_one_row_per_latent_with_scores_and_intervals(run: RunBuilder) -
     assert float(r0["firing_rate"]) == pytest.approx(0.003)
     assert r0["n_activating"] == "300"
     assert r0["incomplete"] == "False" and r0["detection_error"] == ""
+    assert float(r0["detection_accuracy_null"]) == pytest.approx(0.4)
+    assert rows[(B, 5)]["detection_accuracy_null"] == ""  # no null score for this latent
     r1 = rows[(A, 1)]
     assert r1["detection_accuracy"] == "" and "every request failed" in r1["detection_error"]
     assert r1["incomplete"] == "True"
@@ -104,6 +107,9 @@ def test_jsonl_rebuilds_the_run(run: RunBuilder) -> None:
         },
     }
     assert latents[(A, 2)]["explanation_error"] == "unparseable reply"
+    null = entry["null_scores"]["detection"]
+    assert null["inputs"]["null"]["source"] == {"hookpoint": A, "latent": 1}
+    assert latents[(B, 5)]["null_scores"] == {}
 
 
 def read_gz(path: Path) -> list[dict]:

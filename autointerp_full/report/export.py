@@ -63,6 +63,8 @@ class LatentEntry:
     explanation_fingerprint: str | None
     explanation_failure: str | None
     scores: dict[str, dict[str, Any]]  # scorer -> score file
+    # --null_baseline shuffled: scorer -> the score file with another latent's explanation.
+    nulls: dict[str, dict[str, Any]]
 
 
 @dataclass
@@ -72,6 +74,7 @@ class RunData:
     scorers: list[str]
     summary: dict[str, Any] | None
     latents: list[LatentEntry]
+    null_scorers: list[str]  # scorers with a null baseline in this run
 
 
 def _read(path: Path) -> Any:
@@ -127,14 +130,17 @@ def load_run_data(run_dir: Path) -> RunData:
                 else None,
                 explanation_failure=view.explanation_failures.get(key),
                 scores={s: files[key] for s, files in view.scores.items() if key in files},
+                nulls={s: files[key] for s, files in view.nulls.items() if key in files},
             )
         )
-    return RunData(run.root, config, list(cfg.scorers), summary, latents)
+    nulled = [s for s in cfg.scorers if s in view.nulls]
+    return RunData(run.root, config, list(cfg.scorers), summary, latents, nulled)
 
 
 # -------------------------------------------------------------------------------- CSV
-def csv_columns(scorers: Sequence[str]) -> list[str]:
-    """The CSV header: per scorer its headline metric, interval bounds, answered count, error."""
+def csv_columns(scorers: Sequence[str], null_scorers: Sequence[str] = ()) -> list[str]:
+    """The CSV header: per scorer its headline metric, interval bounds, answered count, error,
+    and the null baseline's value of the same metric where the run has one."""
     from autointerp_full.compare import COUNTED_SCORERS
     from autointerp_full.scorers import HEADLINE_METRIC
 
@@ -145,11 +151,15 @@ def csv_columns(scorers: Sequence[str]) -> list[str]:
         columns.append(metric)
         if scorer in COUNTED_SCORERS:
             columns += [f"{metric}_low", f"{metric}_high", f"{scorer}_n_answered"]
+        if scorer in null_scorers:
+            columns.append(f"{metric}_null")
         columns += [f"{scorer}_error"]
     return columns + ["incomplete"]
 
 
-def csv_row(entry: LatentEntry, scorers: Sequence[str]) -> dict[str, Any]:
+def csv_row(
+    entry: LatentEntry, scorers: Sequence[str], null_scorers: Sequence[str] = ()
+) -> dict[str, Any]:
     from autointerp_full.compare import COUNTED_SCORERS, latent_score
     from autointerp_full.scorers import HEADLINE_METRIC
     from autointerp_full.stats import wilson_interval
@@ -177,6 +187,10 @@ def csv_row(entry: LatentEntry, scorers: Sequence[str]) -> dict[str, Any]:
                 low, high = interval.low, interval.high
             row[f"{metric}_low"], row[f"{metric}_high"] = low, high
             row[f"{scorer}_n_answered"] = "" if score is None else score.answered
+        if scorer in null_scorers:
+            null = entry.nulls.get(scorer)
+            value = latent_score(scorer, null).value if null is not None else None
+            row[f"{metric}_null"] = "" if value is None else value
         # A latent never scored by this scorer says so, rather than leaving a blank.
         row[f"{scorer}_error"] = "not scored" if score is None else (score.error or "")
         incomplete = incomplete or bool(score and score.incomplete)
@@ -186,10 +200,11 @@ def csv_row(entry: LatentEntry, scorers: Sequence[str]) -> dict[str, Any]:
 
 def csv_text(data: RunData) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=csv_columns(data.scorers), lineterminator="\n")
+    columns = csv_columns(data.scorers, data.null_scorers)
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for entry in data.latents:
-        writer.writerow(csv_row(entry, data.scorers))
+        writer.writerow(csv_row(entry, data.scorers, data.null_scorers))
     return buffer.getvalue()
 
 
@@ -215,6 +230,7 @@ def jsonl_lines(data: RunData) -> Iterator[str]:
                 "explanation_error": entry.explanation_failure,
                 "examples": entry.record,
                 "scores": entry.scores,
+                "null_scores": entry.nulls,
                 "provenance": {
                     "examples": entry.examples_fingerprint,
                     "explanation": entry.explanation_fingerprint,
