@@ -281,6 +281,18 @@ def output_inputs(cfg: RunConfig, examples_fp: str | None) -> dict[str, Any]:
     }
 
 
+def output_fingerprint(
+    cfg: RunConfig, output_dir: Path | None, hookpoint: str, latent: int
+) -> str | None:
+    """The fingerprint of a latent's output profile where its explanation depends on it (the
+    output explainer), else None; None too when there is no profile."""
+    from autointerp_full import layout
+
+    if cfg.effective_explainer != "output" or output_dir is None:
+        return None
+    return peek_fingerprint(layout.output_file(Path(output_dir), hookpoint, latent))
+
+
 @dataclass(frozen=True)
 class Explanation:
     """An explanation's text and the fingerprint recorded beside it (None if none was, or if

@@ -297,11 +297,7 @@ class LLMWork:
         return read_profile(self.output_dir, record.hookpoint, record.latent)
 
     def output_fingerprint(self, record: LatentRecord) -> str | None:
-        if self.cfg.effective_explainer != "output" or self.output_dir is None:
-            return None
-        return prov.peek_fingerprint(
-            layout.output_file(self.output_dir, record.hookpoint, record.latent)
-        )
+        return prov.output_fingerprint(self.cfg, self.output_dir, record.hookpoint, record.latent)
 
     def read_explanation(self, record: LatentRecord) -> prov.Explanation | None:
         text_path = layout.explanation_file(self.explanations_dir, record.hookpoint, record.latent)

@@ -21,23 +21,24 @@ from autointerp_full.examples.types import Example, LatentRecord
 HOOKPOINT = "layers.3"  # the tiny model's last layer: its output goes straight to the norm
 N_LATENTS = 4
 CHOSEN = 0  # the latent built to promote the chosen token
+DECODER_NORM = 6.0  # its decoder row's norm (others are unit rows): a clear effect when steered
 
 
 def chosen_token(model_dir: Path) -> tuple[int, str]:
-    """A token with a plain word-like text, whose unembedding row latent 0 writes."""
+    """A whole-word token (" word"), whose unembedding row latent 0 writes."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     for tid in range(len(tok) - 1, 0, -1):
         text = tok.decode([tid])
-        if text.strip().isalpha() and len(text.strip()) >= 3:
+        if text.startswith(" ") and text.strip().isalpha() and len(text.strip()) >= 3:
             return tid, text
     raise AssertionError("no word-like token in the tiny vocabulary")
 
 
 def write_output_sae(root: Path, model_dir: Path, token_id: int, transcode: bool = False) -> Path:
-    """A ReLU SAE (or transcoder) in sparsify layout whose latent 0's decoder row is the unit
-    unembedding row of `token_id`; the other latents' rows are random unit vectors."""
+    """A ReLU SAE (or transcoder) in sparsify layout whose latent 0's decoder row is the
+    unembedding row of `token_id` (norm DECODER_NORM); the others are random unit rows."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
@@ -47,6 +48,7 @@ def write_output_sae(root: Path, model_dir: Path, token_id: int, transcode: bool
     w_dec = torch.randn(N_LATENTS, TINY_HIDDEN, generator=gen)
     w_dec[CHOSEN] = head[token_id].float()
     w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
+    w_dec[CHOSEN] *= DECODER_NORM
     folder = root / HOOKPOINT
     folder.mkdir(parents=True)
     save_file(
@@ -180,7 +182,7 @@ def output_responder(request: dict[str, Any]) -> Any:
         return json.dumps({"tokens": quoted[:1] or ["nothing"]})
     if "output direction promotes" in system:
         line = next(x for x in user.splitlines() if x.startswith("Tokens the latent's output"))
-        first = re.findall(r"'([^']*)'", line)[0].strip()
+        first = re.findall(r"'([^']*)'", line.split(":", 1)[1])[0].strip()
         return f"[EXPLANATION]: {explanation_for(first)}"
     if "written with the latent amplified" in system:
         quoted = re.findall(r"Explanation: .*?'([^']+)'", user)
@@ -231,3 +233,81 @@ def test_intervention_counts_a_failed_prediction_and_never_guesses(setup: dict) 
     assert result["incomplete"] is True and result["error"]
     assert m["n"] == 0 and m["n_failed"] == len(record.test) and m["n_failed_batches"] == 1
     assert all(e["prediction"] is None for e in result["examples"])
+
+
+# ------------------------------------------------------------------------- through the CLI
+
+
+def cli_args(setup: dict, corpus: Path, results: Path, url: str, *extra: str) -> list[str]:
+    return [
+        str(setup["model"]), str(setup["sae"]),
+        "--hookpoints", HOOKPOINT, "--max_latents", "2",
+        "--dataset_repo", str(corpus), "--dataset_split", "train",
+        "--n_tokens", "4096", "--cache_ctx_len", "64", "--batch_size", "16",
+        "--min_examples", "10", "--n_examples_train", "6", "--n_examples_test", "6",
+        "--n_non_activating", "4", "--example_ctx_len", "12",
+        "--explainer_provider", "vllm", "--explainer_model", "test-model",
+        "--explainer_api_base_url", url, "--structured_output", "off",
+        "--results_dir", str(results), "--device", "cpu", "--no-verbose", *extra,
+    ]  # fmt: skip
+
+
+def test_cli_output_explainer_and_scorers_then_a_rerun_reuses_everything(
+    setup: dict, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from autointerp_full.cli import main
+
+    extra = ("--name", "out", "--explainer", "output", "--null_baseline", "none",
+             "--scorers", "intervention", "output_detection")  # fmt: skip
+    with ScriptedLLMServer(output_responder) as server:
+        assert main(cli_args(setup, tiny_corpus, tmp_path, server.url, *extra)) == 0
+    run = tmp_path / "out"
+    profile = json.loads((run / "output" / f"{HOOKPOINT}_latent_{CHOSEN}.json").read_text())
+    assert profile["fingerprint"] and profile["inputs"]["examples"]["fingerprint"]
+    assert profile["logit_lens"]["promoted"][0]["token_id"] == setup["token_id"]
+    text = (run / "explanations" / f"{HOOKPOINT}_latent_{CHOSEN}.txt").read_text()
+    assert text == explanation_for(setup["token"].strip())  # written from the profile
+    side = json.loads(
+        (run / "explanations" / "provenance" / f"{HOOKPOINT}_latent_0.json").read_text()
+    )
+    assert side["inputs"]["output"]["fingerprint"] == profile["fingerprint"]
+    inter = json.loads((run / "scores" / "intervention" / f"{HOOKPOINT}_latent_0.txt").read_text())
+    assert inter["metrics"]["effect_low"] > 0.3, inter["metrics"]
+    detect = json.loads(
+        (run / "scores" / "output_detection" / f"{HOOKPOINT}_latent_0.txt").read_text()
+    )
+    m = detect["metrics"]
+    assert m["n"] == 12 and m["n_failed"] == 0 and m["balanced_accuracy"] > 0.7, m
+    summary = json.loads((run / "summary.json").read_text())
+    assert "intervention" in json.dumps(summary) and "output_detection" in json.dumps(summary)
+    table = capsys.readouterr().out
+    assert "no latents scored" not in table and "intervention" in table
+    assert explanation_for(setup["token"].strip())[:20] in table
+
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*_latent_*.*")}
+    with ScriptedLLMServer(output_responder) as server:
+        assert main(cli_args(setup, tiny_corpus, tmp_path, server.url, *extra)) == 0
+        assert server.chat_requests == 0
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*_latent_*.*")} == stamps
+
+
+def test_a_run_without_output_side_options_never_loads_the_model_after_the_cache(
+    setup: dict, tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autointerp_full import models, stages
+    from autointerp_full.cli import main
+
+    real_cache_stage = stages.cache_stage
+    loads: list[str] = []
+
+    def cache_then_forbid(cfg: RunConfig, latents_dir: Path) -> Path:
+        out = real_cache_stage(cfg, latents_dir)
+        monkeypatch.setattr(models, "load_subject_model", lambda *a, **k: loads.append("x"))
+        return out
+
+    monkeypatch.setattr(stages, "cache_stage", cache_then_forbid)
+    extra = ("--name", "plain", "--null_baseline", "none", "--scorers", "detection")
+    with ScriptedLLMServer(output_responder) as server:
+        assert main(cli_args(setup, tiny_corpus, tmp_path, server.url, *extra)) == 0
+    assert loads == []
+    assert not list((tmp_path / "plain").glob("output/*.json"))

@@ -133,7 +133,8 @@ def _load_explanations(
         recorded = prov.vouched_fingerprint(prov.read_json_or_none(side), text)
         ok = key in example_fp and (
             hand_made
-            or recorded == prov.fingerprint(prov.explanation_inputs(cfg, prompts, example_fp[key]))
+            or recorded == prov.fingerprint(prov.explanation_inputs(cfg, prompts, example_fp[key],
+                prov.output_fingerprint(cfg, run.output, hookpoint, latent)))  # fmt: skip
         )
         if not ok:
             view.left_out["explanations"] += 1
