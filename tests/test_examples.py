@@ -594,3 +594,115 @@ def test_contrastive_explainer_gets_its_own_windows() -> None:
     tokenizer = WordTokenizer(VOCAB)
     plain = ExampleBuilder(cfg_for(n_non_activating=6), reader, None, tokenizer=tokenizer)
     assert plain.build(0).contrast == []
+
+
+# ------------------------------------------------------------------ real cache, one pass
+def write_real_cache(folder: Path, reader: FakeReader, n_splits: int = 2) -> Path:
+    """The FakeReader's dense activations as a real format-2 cache folder (no model)."""
+    from autointerp_full.cache.format import FORMAT_VERSION, shard_bounds, shard_name, token_code
+    from autointerp_full.cache.runs import Run
+    from autointerp_full.cache.tensorio import save_run, save_tokens
+
+    folder.mkdir(parents=True)
+    tokens = reader.tokens()
+    n_seqs, ctx = tokens.shape
+    save_tokens(folder / "tokens.safetensors", tokens, token_code(len(VOCAB)))
+    dense = reader.dense.reshape(n_seqs * ctx, -1)
+    shards = []
+    for i, (start, end) in enumerate(shard_bounds(reader.num_latents, n_splits)):
+        flat = [np.flatnonzero(dense[:, j]) for j in range(start, end)]
+        counts = torch.tensor([0] + [len(f) for f in flat]).cumsum(0)
+        run = Run(
+            latents=torch.cat([torch.full((len(f),), j, dtype=torch.int32) for j, f in
+                               zip(range(start, end), flat, strict=True)]),
+            flat=torch.from_numpy(np.concatenate(flat).astype(np.int64)),
+            values=torch.from_numpy(np.concatenate(
+                [dense[f, j] for j, f in zip(range(start, end), flat, strict=True)]
+            ).astype(np.float16)),
+        )  # fmt: skip
+        save_run(folder / shard_name(i), run, counts, n_seqs * ctx, start, end)
+        shards.append({"file": shard_name(i), "start": start, "end": end, "n": len(run.flat)})
+    config = {
+        "hookpoint": HOOK, "num_latents": reader.num_latents, "n_seqs": n_seqs, "ctx_len": ctx,
+        "vocab_size": len(VOCAB), "format": FORMAT_VERSION, "shards": shards,
+    }  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def loop_centred_windows(acts: LatentActivations, length: int) -> tuple[list, list, list]:
+    """The original one-activation-at-a-time centred windows: the vectorised one's oracle."""
+    import bisect
+
+    ctx = acts.ctx_len
+    taken: dict[int, list[int]] = {}
+    rows, starts_out = [], []
+    for i in np.argsort(-acts.values, kind="stable").tolist():
+        row, pos = int(acts.rows[i]), int(acts.positions[i])
+        starts = taken.setdefault(row, [])
+        k = bisect.bisect_right(starts, pos)
+        if k and pos < starts[k - 1] + length:
+            continue
+        lo = starts[k - 1] + length if k else 0
+        hi = starts[k] if k < len(starts) else ctx
+        if hi - lo < length:
+            continue
+        start = min(max(pos - length // 2, lo), hi - length)
+        starts.insert(k, start)
+        rows.append(row)
+        starts_out.append(start)
+    scores = []
+    for row, start in zip(rows, starts_out, strict=True):
+        inside = (acts.flat >= row * ctx + start) & (acts.flat < row * ctx + start + length)
+        scores.append(float(acts.values[inside].max()))
+    return rows, starts_out, scores
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_centred_windows_equal_the_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ctx = [16, 33, 64, 256, 8, 64][seed]
+    mask = rng.random((30, ctx)) < [0.02, 0.3, 0.9, 0.1, 1.0, 0.5][seed]
+    flat = np.flatnonzero(mask)
+    values = rng.random(len(flat)).astype(np.float32)
+    if seed % 2:  # many ties
+        values = rng.choice(np.float32([0.5, 1.0, 2.0]), len(flat))
+    acts = LatentActivations.from_flat(flat, values, ctx)
+    for length in (1, 3, 8, ctx):
+        got = centred_windows(acts, length)
+        rows, starts, scores = loop_centred_windows(acts, min(length, ctx))
+        assert got.rows.tolist() == rows and got.starts.tolist() == starts
+        assert got.scores.tolist() == scores
+
+
+def test_one_pass_and_forked_records_equal_per_latent_reads(tmp_path: Path) -> None:
+    from autointerp_full.cache import CacheReader
+
+    fake = random_cache(n_rows=60, n_latents=9, density=0.08, seed=4)
+    fake.dense = fake.dense.astype(np.float16).astype(np.float32)  # what the cache stores
+    real = CacheReader(write_real_cache(tmp_path / "cache", fake, n_splits=3))
+    tok = WordTokenizer(VOCAB)
+    latents = list(range(9))
+
+    def records(reader, **changes) -> list:
+        cfg = cfg_for(**changes)
+        builder = ExampleBuilder(cfg, reader, None, tokenizer=tok, latents=latents)
+        return [(lat, r and r.to_dict(), n) for lat, r, n in builder.build_many(latents)]
+
+    want = records(fake)  # one read per latent, locations sorted by the reader
+    assert sum(r is not None for _, r, _ in want) >= 5
+    reads = []
+    real.iter_latents = lambda wanted, _real=real.iter_latents: (
+        reads.append(list(wanted)) or _real(wanted)
+    )
+    assert records(real) == want
+    assert len(reads) < len(latents)  # several latents per read
+    for proc in (2, 3):
+        import autointerp_full.examples as ex
+
+        old = ex.PARALLEL_MIN_LATENTS
+        ex.PARALLEL_MIN_LATENTS = 1
+        try:
+            assert records(real, pipeline_num_proc=proc) == want
+        finally:
+            ex.PARALLEL_MIN_LATENTS = old

@@ -29,6 +29,11 @@ from autointerp_full.logs import Progress
 log = logging.getLogger(__name__)
 
 FAISS_POOL_MIN = 2000  # candidate windows embedded per hookpoint for FAISS hard negatives
+# Cache entries read at once when latents are built in order (about 60 MB as read).
+BLOCK_ENTRIES = 4_000_000
+# Latents per batch handed to a worker process, and the fewest latents per worker worth a fork.
+BATCH_LATENTS = 64
+PARALLEL_MIN_LATENTS = 16
 
 __all__ = [
     "Example",
@@ -114,11 +119,14 @@ def _build(
     hookpoint: str,
     rng: np.random.Generator,
     source: NonActivatingSource | None,
+    acts: LatentActivations | None = None,
 ) -> tuple[LatentRecord | None, int]:
-    """(record or None when too few activating windows, number of activating windows)."""
+    """(record or None when too few activating windows, number of activating windows);
+    `acts` are the latent's activations when already read."""
     n_rows, ctx = tokens.shape
     length = min(cfg.example_ctx_len, ctx)
-    acts = LatentActivations(*reader.latent(latent), ctx)
+    if acts is None:
+        acts = read_activations(reader, latent, ctx)
     windows = activating_windows(acts, length, cfg.center_examples)
     if len(windows) < cfg.min_examples:
         return None, len(windows)
@@ -168,6 +176,14 @@ def _build(
         contrast=contrast,
     )
     return record, len(windows)
+
+
+def read_activations(reader: Any, latent: int, ctx: int) -> LatentActivations:
+    """One latent's activations from a CacheReader (its flat slice) or any reader with
+    `latent(i)` -> (locations, activations)."""
+    if hasattr(reader, "latent_flat"):
+        return LatentActivations.from_flat(*reader.latent_flat(latent), ctx)
+    return LatentActivations(*reader.latent(latent), ctx)
 
 
 def _hookpoint_of(reader: Any) -> str:
@@ -329,6 +345,11 @@ class ExampleBuilder:
         }
         self._source: NonActivatingSource | None = None
         self.last_count = 0
+        self._prefetched: dict[int, LatentActivations] = {}
+        self._order: dict[int, int] = {}
+        self._upcoming: list[int] = []
+        self._firing: np.ndarray | None = None
+        self._plan(list(latents) if latents is not None else [])
 
     @property
     def source(self) -> NonActivatingSource:
@@ -351,10 +372,128 @@ class ExampleBuilder:
         """The latent's record, or None (with self.last_count windows) when it is skipped."""
         rng = latent_rng(self.cfg.seed, self.hookpoint, latent)
         source = self.source if self.cfg.n_non_activating > 0 else None
+        acts = self._activations(latent)
         record, self.last_count = _build(
-            self.reader, latent, self.cfg, self.decoder, self.tokens, self.hookpoint, rng, source
+            self.reader,
+            latent,
+            self.cfg,
+            self.decoder,
+            self.tokens,
+            self.hookpoint,
+            rng,
+            source,
+            acts,
         )
         return record
+
+    def build_many(self, latents: list[int]) -> Iterator[tuple[int, LatentRecord | None, int]]:
+        """(latent, record or None, activating windows) for `latents`, in their order.
+
+        With cfg.pipeline_num_proc > 1 (and a source that is safe to fork), contiguous batches
+        of latents are built in forked worker processes, at most two batches per worker in
+        flight, so memory stays bounded; every latent's record is the one build() gives.
+        """
+        latents = list(latents)
+        procs = min(self.cfg.pipeline_num_proc, max(1, len(latents) // PARALLEL_MIN_LATENTS))
+        if procs <= 1 or self.cfg.non_activating_source == "FAISS" or not _can_fork():
+            self._plan(latents)
+            for latent in latents:
+                record = self.build(latent)
+                yield latent, record, self.last_count
+            return
+        yield from _build_forked(self, latents, procs)
+
+    # ------------------------------------------------------------------ one pass over shards
+    def _plan(self, latents: list[int]) -> None:
+        """The order in which latents will be asked for, so reads can cover several at once."""
+        self._order = {latent: i for i, latent in enumerate(latents)}
+        self._upcoming = list(latents)
+
+    def _activations(self, latent: int) -> LatentActivations | None:
+        """The latent's activations, read together with the next planned latents (one read
+        per block of consecutive latents in a shard, not one per latent)."""
+        if not hasattr(self.reader, "iter_latents"):
+            return None
+        ctx = self.tokens.shape[1]
+        if latent not in self._prefetched:
+            self._prefetched.clear()
+            for found, flat, values in self.reader.iter_latents(self._next_block(latent)):
+                self._prefetched[found] = LatentActivations.from_flat(flat, values, ctx)
+        return self._prefetched.pop(latent)
+
+    def _next_block(self, latent: int) -> list[int]:
+        """`latent` and the planned latents after it, up to about BLOCK_ENTRIES entries."""
+        i = self._order.get(latent)
+        if i is None:
+            return [latent]
+        counts = self._counts()
+        block, size = [], 0
+        for nxt in self._upcoming[i:]:
+            size += int(counts[nxt])
+            if block and size > BLOCK_ENTRIES:
+                break
+            block.append(nxt)
+        return block
+
+    def _counts(self) -> np.ndarray:
+        if self._firing is None:
+            self._firing = to_numpy(self.reader.firing_counts(), np.int64)
+        return self._firing
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+_WORKER: ExampleBuilder | None = None  # the builder a forked worker inherited
+
+
+def _build_batch(latents: list[int]) -> list[tuple[int, dict[str, Any] | None, int]]:
+    """In a worker: build a batch of latents (records as dicts, which pickle cheaply)."""
+    builder = _WORKER
+    assert builder is not None
+    builder._plan(latents)
+    out = []
+    for latent in latents:
+        record = builder.build(latent)
+        out.append((latent, None if record is None else record.to_dict(), builder.last_count))
+    return out
+
+
+def _build_forked(
+    builder: ExampleBuilder, latents: list[int], procs: int
+) -> Iterator[tuple[int, LatentRecord | None, int]]:
+    import multiprocessing
+
+    global _WORKER
+    if builder.cfg.n_non_activating > 0:
+        builder.source  # noqa: B018 -- set up (neighbour lists) once, before forking
+    builder._counts()
+    size = max(1, min(BATCH_LATENTS, -(-len(latents) // (4 * procs))))
+    batches = [latents[i : i + size] for i in range(0, len(latents), size)]
+    _WORKER = builder
+    pool = multiprocessing.get_context("fork").Pool(procs)
+    try:
+        pending: list[Any] = []
+        queue = iter(batches)
+        for batch in queue:
+            pending.append(pool.apply_async(_build_batch, (batch,)))
+            if len(pending) >= 2 * procs:
+                break
+        while pending:
+            done = pending.pop(0).get()
+            for batch in queue:
+                pending.append(pool.apply_async(_build_batch, (batch,)))
+                break
+            for latent, data, count in done:
+                builder.last_count = count
+                yield latent, None if data is None else LatentRecord.from_dict(data), count
+    finally:
+        pool.terminate()
+        pool.join()
+        _WORKER = None
 
 
 def build_records(
@@ -372,7 +511,6 @@ def build_records(
         cfg, reader, examples_dir, tokenizer=tokenizer, latents=latents, **builder_options
     )
     with Progress(len(latents), f"examples {builder.hookpoint}", "latent") as progress:
-        for latent in latents:
-            record = builder.build(latent)
+        for latent, record, count in builder.build_many(latents):
             progress.update()
-            yield latent, record, builder.last_count
+            yield latent, record, count
