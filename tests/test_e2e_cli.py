@@ -120,7 +120,7 @@ def test_kill_9_midway_then_rerun_loses_nothing_and_repeats_nothing(
         assert stems(run / "scores" / scorer) == explained
     # Both runs together asked for each latent once, give or take the requests that were in
     # flight (2 slots) when the first run was killed.
-    per_latent = 1 + 2 * 2  # explain + 2 batches x 2 scorers
+    per_latent = 1 + 2 * 2 * 2  # explain + 2 batches x 2 scorers, each also for the null
     assert n_before < n_total <= per_latent * len(explained) + 2
 
 

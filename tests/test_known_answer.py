@@ -347,6 +347,7 @@ def cli_args(bench: dict, corpus: Path, results: Path, url: str, name: str) -> l
         "--explainer_api_base_url", url, "--structured_output", "off",
         "--max_retries", "1", "--answer_retries", "1", "--request_timeout", "0.3",
         "--results_dir", str(results), "--name", name, "--device", "cpu", "--no-verbose",
+        "--null_baseline", "none",  # real scores only; tests/test_null_baseline.py runs the null
     ]  # fmt: skip
 
 

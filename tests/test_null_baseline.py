@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from llm_test_server import ScriptedLLMServer, known_answer_responder
-from test_known_answer import N_LATENTS, bench, cli_args  # noqa: F401 (bench: a fixture)
+from test_known_answer import N_LATENTS, cli_args
+from test_known_answer import bench as _bench  # noqa: F401 (the fixture `bench`)
 
 from autointerp_full import layout
 from autointerp_full.cli import main
@@ -25,7 +26,8 @@ SCORERS = ("detection", "fuzz")
 
 def args(bench: dict, corpus: Path, results: Path, url: str, name: str, *more: str) -> list[str]:
     # A generous timeout: this test checks the null, not the client's fault handling.
-    return [*cli_args(bench, corpus, results, url, name), "--request_timeout", "30", *more]
+    base = cli_args(bench, corpus, results, url, name)
+    return [*base, "--request_timeout", "30", "--null_baseline", "shuffled", *more]
 
 
 def null_files(run: Path) -> dict[tuple[str, int, str], dict[str, Any]]:

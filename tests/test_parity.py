@@ -42,6 +42,10 @@ CONFIG: dict[str, Any] = {
     "num_examples_per_scorer_prompt": 3,
     "explainer_provider": "vllm",
     "max_concurrent_requests": 4,
+    # The null deals explanations over the latents a score step has (its range in the pipeline,
+    # all of them in the CLI), so its pairs differ between the faces by design; the pipeline's
+    # null is tested in tests/test_null_baseline.py.
+    "null_baseline": "none",
 }
 
 

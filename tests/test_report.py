@@ -228,15 +228,21 @@ def test_write_summary_empty_run(tmp_path: Path) -> None:
 
 
 def test_print_table(run_dir: Path) -> None:
-    table = print_table(run_dir, config())
+    table = print_table(run_dir, config(null_baseline="none"))
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["hookpoint", "latent", "explanation"]
-    assert len(lines) == 2 + 4
-    row0, row1, row2, row3 = lines[2:]
-    assert row0.split()[-2:] == ["0.75", "0.50"]
+    assert lines[6] == ""  # 4 latent rows, then the means per scorer
+    row0, row1, row2, row3 = lines[2:6]
+    assert row0.split()[-4:] == ["0.75", "[0.30,", "0.95]", "0.50"]  # with its Wilson interval
     assert row1.endswith("-") and "..." in row1  # long explanation truncated
     assert "err" in row2
     assert "(failed)" in row3 and "stale" not in table
+    assert lines[7].split() == ["scorer", "hookpoint", "metric", "mean", "score", "mean", "null",
+                                "score", "-", "null"]  # fmt: skip
+    assert lines[9].split()[:3] == ["detection", HP, "accuracy"]
+    assert lines[10].split()[:4] == ["simulation", HP, "correlation", "0.500"]
+    assert any(line.startswith("err: nothing could be scored (1 scores") for line in lines)
+    assert lines[-1].startswith("Chance is 0.5 accuracy")
 
 
 def test_roc_points() -> None:
@@ -255,3 +261,100 @@ def test_html_report(run_dir: Path) -> None:
     text = "".join(p.read_text() for p in pages)
     assert "</script" not in text and "alert('x')<\\/script> & cats" in text
     assert "every request failed (1): 500" in text
+
+
+# --------------------------------------------------------------- null baseline, intervals
+
+
+def null_file(latent: int, source: int, correct: int, n: int = 4, **extra: Any) -> dict:
+    """A detection null score of `latent` with `source`'s explanation: `correct` of n right."""
+    examples = [scored(i % 2 == 0, (i % 2 == 0) == (i < correct)) for i in range(n)]
+    data = det_file(latent, examples, {"accuracy": correct / n, "n": n, "n_failed": 0}, None)
+    return {**data, "null": {"kind": "shuffled", "source_hookpoint": HP, "source_latent": source},
+            **extra}  # fmt: skip
+
+
+def stamp_null(stamp: Stamper, latent: int, source: int, data: dict) -> Path:
+    inputs = prov.null_score_inputs(stamp.cfg, stamp.prompts, "detection", stamp.examples_fp,
+                                    (HP, source), stamp.explanations[source])  # fmt: skip
+    path = layout.null_score_file(stamp.run / "scores", "detection", HP, latent)
+    write(path, prov.stamp(data, inputs))
+    return path
+
+
+@pytest.fixture()
+def null_dir(run_dir: Path) -> Path:
+    """run_dir plus detection nulls: latent 0 scored with 1's explanation (2 of 4 right) and
+    latent 1 with 0's (1 of 4 right, one batch failed: incomplete); a null scored with an
+    explanation since replaced (latent 2 with 9's stale one) must be left out."""
+    stamp = Stamper(run_dir, config())
+    stamp.explanation(0, EVIL)
+    stamp.explanation(1, "the word cat " * 10)
+    stamp_null(stamp, 0, 1, null_file(0, 1, 2))
+    stamp_null(stamp, 1, 0, null_file(1, 0, 1, incomplete=True))
+    stamp.explanation(9, "stale")
+    stamp_null(stamp, 2, 9, null_file(2, 9, 4))
+    return run_dir
+
+
+def test_summary_gives_the_null_difference_and_intervals(null_dir: Path) -> None:
+    from autointerp_full.schemas import validate_artifact
+
+    summary = write_summary(null_dir, config())
+    validate_artifact("summary", null_dir / layout.SUMMARY)
+    validate_artifact("scores", null_dir / "scores")
+    assert summary["null_baseline"]["kind"] == "shuffled"
+    assert summary["null_baseline"]["scorers"] == ["detection", "simulation"]
+    assert summary["left_out"]["null_scores"] == 1  # latent 2: its source's explanation is stale
+    det = summary["scorers"]["detection"]["overall"]
+    block = det["headline"]
+    assert block["metric"] == "accuracy"
+    # Latents 0 and 1 score 0.75 each (latent 2 failed: missing); nulls 0.5 and 0.25.
+    assert block["score"]["estimate"] == pytest.approx(0.75) and block["score"]["n_missing"] == 1
+    assert block["null"]["estimate"] == pytest.approx(0.375) and block["null"]["n"] == 2
+    difference = block["difference"]
+    assert difference["estimate"] == pytest.approx(0.375) and difference["n"] == 2
+    assert difference["low"] == pytest.approx(0.25) and difference["high"] == pytest.approx(0.5)
+    assert det["null_scores"]["n_latents"] == 2 and det["null_scores"]["n_incomplete"] == 1
+    assert summary["scorers"]["detection"]["hookpoints"][HP]["headline"] == block
+    # Simulation reads explanations too, but none of its nulls exist: nothing to compare.
+    sim = summary["scorers"]["simulation"]["overall"]["headline"]
+    assert sim["null"]["n"] == 0 and sim["difference"]["n_missing"] == 1
+
+    latents = {x["latent"]: x["scores"]["detection"] for x in summary["latents"]}
+    assert sorted(latents) == [0, 1, 2]
+    zero = latents[0]
+    assert zero["value"] == 0.75 and zero["n"] == 4
+    # Wilson interval of 3 of 4: [0.3006, 0.9544].
+    assert zero["interval"]["low"] == pytest.approx(0.3006, abs=1e-4)
+    assert zero["interval"]["high"] == pytest.approx(0.9544, abs=1e-4)
+    assert zero["null"]["value"] == 0.5 and zero["null"]["source"] == {"hookpoint": HP, "latent": 1}
+    assert zero["difference"] == pytest.approx(0.25)
+    assert latents[1]["null"]["incomplete"] is True
+    assert latents[2]["error"] and latents[2]["null"] is None and latents[2]["interval"] is None
+
+
+def test_summary_without_null(null_dir: Path) -> None:
+    summary = write_summary(null_dir, config(null_baseline="none"))
+    assert summary["null_baseline"]["scorers"] == []
+    block = summary["scorers"]["detection"]["overall"]["headline"]
+    assert block["null_baseline"] == "none" and block["null"] is None is block["difference"]
+    assert block["score"]["estimate"] == pytest.approx(0.75)
+    assert "null_scores" not in summary["scorers"]["detection"]["overall"]
+    assert summary["left_out"]["null_scores"] == 3
+    assert all("null" not in x["scores"]["detection"] for x in summary["latents"])
+
+
+def test_table_shows_null_intervals_and_marks_incomplete(null_dir: Path) -> None:
+    table = print_table(null_dir, config(scorers=["detection"]))
+    lines = table.splitlines()
+    assert lines[0].split()[-3:] == ["accu", "detection", "null"]
+    assert lines[2].endswith("0.75 [0.30, 0.95]            0.50")
+    assert lines[3].endswith("0.25*")  # its null is incomplete
+    means = next(line for line in lines if line.startswith("detection "))
+    assert "0.750 [0.750, 0.750] n=2, 1 missing" in means
+    assert "0.375 [0.250, 0.500] n=2" in means
+    assert any(line.startswith("* incomplete: 0 scores and 1 null scores") for line in lines)
+    assert any("a difference whose interval excludes 0 is real" in line for line in lines)
+    plain = print_table(null_dir, config(scorers=["detection"], null_baseline="none"))
+    assert "null" not in plain.splitlines()[0] and "--null_baseline none" in plain
