@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_known_answer as known
 from llm_test_server import ScriptedLLMServer, known_answer_responder
 from test_known_answer import N_LATENTS, cli_args
-from test_known_answer import bench as _bench  # noqa: F401 (the fixture `bench`)
 
 from autointerp_full import layout
 from autointerp_full.cli import main
@@ -22,6 +22,12 @@ from autointerp_full.schemas import validate_artifact
 
 HP = "embed_tokens"
 SCORERS = ("detection", "fuzz")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, tiny_corpus) -> dict[str, Any]:
+    """The known-answer bench's token latents, built here for this module."""
+    return known.bench.__wrapped__(tmp_path_factory, tiny_corpus)
 
 
 def args(bench: dict, corpus: Path, results: Path, url: str, name: str, *more: str) -> list[str]:
