@@ -232,8 +232,9 @@ def test_index_row_null_and_interval() -> None:
 
 
 def test_histogram() -> None:
-    hist = histogram([0.0, 0.0, 1.0, 2.0, 2.0, 4.0], bins=4)
-    assert hist == {"edges": [0.0, 1.0, 2.0, 3.0, 4.0], "counts": [0, 1, 2, 1]}
+    hist = histogram([0.0, 0.0, 1.0, 2.0, 2.0, 5.0], bins=4)
+    assert hist == {"edges": [1.0, 2.0, 3.0, 4.0, 5.0], "counts": [1, 2, 0, 1]}
+    assert histogram([3.0, 3.0], bins=2) == {"edges": [0.0, 1.5, 3.0], "counts": [0, 2]}
     assert histogram([0.0, -1.0]) is None
 
 

@@ -181,15 +181,19 @@ def examples_by_quantile(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def histogram(values: Any, bins: int = HISTOGRAM_BINS) -> dict[str, Any] | None:
-    """Counts of positive activations in `bins` equal bins from 0 to the maximum."""
+    """Counts of positive activations in `bins` equal bins from the smallest to the largest
+    (from 0 where they are all equal): sparse codes rarely fire near 0, so the bins go where
+    the values are."""
     import numpy as np
 
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values) & (values > 0)]
     if not len(values):
         return None
-    top = float(values.max())
-    counts, edges = np.histogram(values, bins=bins, range=(0.0, top))
+    low, top = float(values.min()), float(values.max())
+    if low == top:
+        low = 0.0
+    counts, edges = np.histogram(values, bins=bins, range=(low, top))
     return {"edges": [round(float(x), 4) for x in edges], "counts": counts.tolist()}
 
 
