@@ -38,6 +38,15 @@ class LatentData:
     record: dict[str, Any] | None  # the examples file, when it is current
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)
     null_scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Worked out once: the index row and the latent page both show each one.
+    _intervals: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    def interval(self, scorer: str) -> tuple[float | None, float | None]:
+        """The interval of this latent's score by `scorer` (None, None without one)."""
+        if scorer not in self._intervals:
+            score = self.scores.get(scorer)
+            self._intervals[scorer] = score_interval(scorer, score) if score else (None, None)
+        return self._intervals[scorer]
 
 
 def _number(value: Any) -> float | None:
@@ -128,16 +137,18 @@ def index_row(data: LatentData, scorers: list[str]) -> list[Any]:
     for scorer in scorers:
         score = data.scores.get(scorer)
         value = headline(scorer, score) if score else None
-        low, high = score_interval(scorer, score) if score else (None, None)
+        low, high = data.interval(scorer)
         null = data.null_scores.get(scorer)
         null_value = headline(scorer, null) if null else None
         row += [_round(value), _round(low), _round(high), _round(null_value)]
     return row
 
 
-def _score_detail(scorer: str, score: dict[str, Any]) -> dict[str, Any]:
+def _score_detail(
+    scorer: str, score: dict[str, Any], interval: tuple[float | None, float | None] | None = None
+) -> dict[str, Any]:
     """A scorer's result on the latent page: metrics, state, interval and its examples."""
-    low, high = score_interval(scorer, score)
+    low, high = interval if interval is not None else score_interval(scorer, score)
     metrics = {k: v for k, v in (score.get("metrics") or {}).items() if _number(v) is not None}
     examples = [
         {
@@ -229,7 +240,9 @@ def latent_detail(
         "firing_rate": _number(record.get("firing_rate")),
         "n_activating": record.get("n_activating"),
         "max_activation": _number(record.get("max_activation")),
-        "scores": {s: _score_detail(s, score) for s, score in data.scores.items()},
+        "scores": {
+            s: _score_detail(s, score, data.interval(s)) for s, score in data.scores.items()
+        },
         "null_scores": {
             s: _score_detail(s, score) for s, score in data.null_scores.items() if score
         },
