@@ -66,7 +66,13 @@ class TokenDecoder:
         return text
 
     def str_tokens(self, ids: Any) -> list[str]:
-        return [self.token(int(i)) for i in ids]
+        memo = self._memo
+        return [memo[i] if i in memo else self.token(i) for i in map(int, ids)]
+
+    def prefill(self, ids: Any) -> None:
+        """Decode these ids now (e.g. every id in the cache, once, before forking workers)."""
+        for i in ids:
+            self.token(int(i))
 
     def text(self, ids: Any) -> str:
         return "".join(self.str_tokens(ids))
@@ -105,7 +111,10 @@ def _example(
     return Example(
         tokens=ids,
         str_tokens=decoder.str_tokens(ids),
-        activations=[round(float(a), 4) for a in acts.window_activations(row, start, length)],
+        # Most of a window is zero; round() only the rest (round(0.0, 4) is 0.0).
+        activations=[
+            round(a, 4) if a else 0.0 for a in acts.window_activations(row, start, length).tolist()
+        ],
         quantile=quantile,
     )
 
@@ -471,6 +480,7 @@ def _build_forked(
     if builder.cfg.n_non_activating > 0:
         builder.source  # noqa: B018 -- set up (neighbour lists) once, before forking
     builder._counts()
+    builder.decoder.prefill(np.unique(builder.tokens))
     size = max(1, min(BATCH_LATENTS, -(-len(latents) // (4 * procs))))
     batches = [latents[i : i + size] for i in range(0, len(latents), size)]
     _WORKER = builder

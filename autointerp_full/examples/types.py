@@ -29,7 +29,7 @@ class Example:
         return {
             "tokens": list(self.tokens),
             "str_tokens": list(self.str_tokens),
-            "activations": [float(a) for a in self.activations],
+            "activations": list(map(float, self.activations)),
             "quantile": int(self.quantile),
         }
 
