@@ -264,6 +264,26 @@ def llm_config(cfg: RunConfig, serve_in_step: bool) -> Iterator[RunConfig]:
         )
 
 
+def run_output(
+    config: str, examples_uri: str, examples_path: str, latent_range: list[int], output_path: str
+) -> dict[str, Any]:
+    """Output profiles of latent_range (issue 13): only when the run's explainer or scorers use
+    them; otherwise the artifact stays empty and no model is loaded."""
+    from autointerp_full import layout, s3
+    from autointerp_full.schemas import validate_artifact
+    from autointerp_full.stages import output_stage
+
+    _setup()
+    cfg = config_from_json(config)
+    with scratch_dir() as tmp:
+        examples = s3.ensure_local(examples_uri, examples_path, tmp)
+        validate_artifact("examples", examples)
+        output_stage(cfg, examples, Path(output_path), _range(latent_range))
+    Path(output_path).mkdir(parents=True, exist_ok=True)
+    found = layout.latent_files(Path(output_path), layout.OUTPUT_EXT)
+    return {"profiles": len(list(found))}
+
+
 def run_explain(
     config: str,
     examples_uri: str,
@@ -271,7 +291,10 @@ def run_explain(
     latent_range: list[int],
     explanations_path: str,
     serve_in_step: bool,
+    output_uri: str = "",
+    output_path: str = "",
 ) -> dict[str, Any]:
+    """`output_uri`/`output_path`: the output step's profiles, read by the output explainer."""
     from autointerp_full import layout, s3
     from autointerp_full.schemas import validate_artifact
     from autointerp_full.stages import explain_stage
@@ -281,8 +304,12 @@ def run_explain(
     with scratch_dir() as tmp:
         examples = s3.ensure_local(examples_uri, examples_path, tmp)
         validate_artifact("examples", examples)
+        profiles = None
+        if output_uri or output_path:
+            profiles = s3.ensure_local(output_uri, output_path, tmp / "output")
         with llm_config(cfg, serve_in_step) as run_cfg:
-            explain_stage(run_cfg, examples, Path(explanations_path), _range(latent_range))
+            explain_stage(run_cfg, examples, Path(explanations_path), _range(latent_range),
+                          output_dir=profiles)  # fmt: skip
     validate_artifact("explanations", Path(explanations_path))
     found = layout.latent_files(Path(explanations_path), layout.EXPLANATION_EXT)
     return {"explanations": len(list(found))}
@@ -496,6 +523,7 @@ def run_report(
     html_path: str,
     baseline_uri: str = "",
     update_baseline: bool = False,
+    output: list[tuple[str, str]] | None = None,
 ) -> dict[str, float]:
     """Gather every shard's outputs into one run folder, write summary.json, return metrics.
 
@@ -527,6 +555,10 @@ def run_report(
                 validate_artifact(kind, local)
                 parts.append(local)
             assemble(parts, folder)
+        # The output profiles (issue 13), for the output explainer's check and the latent pages.
+        parts = [s3.ensure_local(uri, path, tmp / "in" / run.output.name / str(i))
+                 for i, (uri, path) in enumerate(output or [])]  # fmt: skip
+        assemble(parts, run.output)
         dump_config(cfg, run.root)
         summary_file = report_stage(cfg, run.root)
         validate_artifact("summary", summary_file)

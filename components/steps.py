@@ -103,9 +103,23 @@ def examples_op(
 
 
 @component
+def output_op(
+    config: str, examples: Input[Dataset], latent_range: list, output: Output[Dataset]
+) -> None:
+    """Output profiles of latent_range (logit lens, steering), when the output explainer or an
+    output-side scorer uses them; otherwise an empty artifact, and no model is loaded."""
+    from components.runtime import run_output
+
+    output.metadata.update(
+        run_output(config, examples.uri, examples.path, latent_range, output.path)
+    )
+
+
+@component
 def explain_op(
     config: str,
     examples: Input[Dataset],
+    output: Input[Dataset],
     latent_range: list,
     explanations: Output[Dataset],
     serve_in_step: bool = False,
@@ -114,7 +128,14 @@ def explain_op(
     from components.runtime import run_explain
 
     info = run_explain(
-        config, examples.uri, examples.path, latent_range, explanations.path, serve_in_step
+        config,
+        examples.uri,
+        examples.path,
+        latent_range,
+        explanations.path,
+        serve_in_step,
+        output.uri,
+        output.path,
     )
     explanations.metadata.update(info)
 
@@ -150,6 +171,7 @@ def report_op(
     examples: Input[List[Dataset]],  # noqa: UP006
     explanations: Input[List[Dataset]],  # noqa: UP006
     scores: Input[List[Dataset]],  # noqa: UP006
+    output: Input[List[Dataset]],  # noqa: UP006
     summary: Output[Dataset],
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -171,6 +193,7 @@ def report_op(
         report.path,
         baseline_uri,
         update_baseline,
+        [(a.uri, a.path) for a in output],
     )
     for name, value in values.items():
         metrics.log_metric(name, value)

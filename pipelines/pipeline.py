@@ -22,6 +22,7 @@ from components.steps import (
     examples_op,
     explain_op,
     hookpoints_op,
+    output_op,
     plan_op,
     report_op,
     score_op,
@@ -146,9 +147,23 @@ def build_pipeline(opts: BuildOptions = BuildOptions()) -> Any:  # noqa: B008 (f
             _with_s3_env(ex)
             _hf_token(ex)  # the tokenizer may come from a gated repo
 
+            # Output profiles (issue 13): the subject model on a GPU, when the run uses them.
+            outp = output_op(
+                config=shard.config,
+                examples=ex.outputs["examples"],
+                latent_range=shard.latent_range,
+            )
+            outp.set_display_name("output profiles")
+            outp.set_caching_options(True)
+            outp.set_cpu_request("2").set_memory_request("16G")
+            _on_gpu(outp, opts)
+            _hf_token(outp)
+            _with_s3_env(outp)
+
             explain = explain_op(
                 config=shard.config,
                 examples=ex.outputs["examples"],
+                output=outp.outputs["output"],
                 latent_range=shard.latent_range,
                 serve_in_step=opts.serve_in_step,
             )
@@ -162,12 +177,14 @@ def build_pipeline(opts: BuildOptions = BuildOptions()) -> Any:  # noqa: B008 (f
                 serve_in_step=opts.serve_in_step,
             )
             _llm_step(score, opts, "score")
+            _hf_token(score)  # the output-side and surprisal scorers load the subject model
 
         report = report_op(
             config=config,
             examples=dsl.Collected(ex.outputs["examples"]),
             explanations=dsl.Collected(explain.outputs["explanations"]),
             scores=dsl.Collected(score.outputs["scores"]),
+            output=dsl.Collected(outp.outputs["output"]),
             baseline_uri=p["baseline_uri"],
             update_baseline=p["update_baseline"],
         ).set_display_name("report")

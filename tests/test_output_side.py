@@ -311,3 +311,38 @@ def test_a_run_without_output_side_options_never_loads_the_model_after_the_cache
         assert main(cli_args(setup, tiny_corpus, tmp_path, server.url, *extra)) == 0
     assert loads == []
     assert not list((tmp_path / "plain").glob("output/*.json"))
+
+
+def write_saelens_sae(root: Path, sparsify_root: Path, norm: str) -> Path:
+    """The same latents in SAELens layout (W_enc [d_in, L]), with an input normalisation."""
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(sparsify_root / HOOKPOINT / "sae.safetensors"))
+    folder = root / HOOKPOINT
+    folder.mkdir(parents=True)
+    save_file(
+        {"W_enc": t["encoder.weight"].T.contiguous(), "b_enc": t["encoder.bias"],
+         "W_dec": t["W_dec"], "b_dec": t["b_dec"]},
+        str(folder / "sae_weights.safetensors"),
+    )  # fmt: skip
+    cfg = {"architecture": "standard", "activation_fn_str": "relu", "d_in": TINY_HIDDEN,
+           "d_sae": N_LATENTS, "normalize_activations": norm}  # fmt: skip
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    return root
+
+
+@pytest.mark.parametrize("kind", ["sparsify transcoder", "saelens layer_norm"])
+def test_other_formats_give_the_same_logit_lens_and_a_steering_profile(
+    setup: dict, tiny_model_dir: Path, tmp_path: Path, kind: str
+) -> None:
+    if kind == "sparsify transcoder":
+        sae = write_output_sae(tmp_path / "tc", tiny_model_dir, setup["token_id"], transcode=True)
+    else:
+        sae = write_saelens_sae(tmp_path / "sl", setup["sae"], "layer_norm")
+    out = profiles(setup, sae)
+    assert out[CHOSEN]["transcoder"] is (kind == "sparsify transcoder")
+    assert out[CHOSEN]["logit_lens"]["promoted"][0]["token_id"] == setup["token_id"]
+    steering = out[CHOSEN]["steering"]
+    assert steering["n_contexts"] == 6
+    ids = [t["token_id"] for t in steering["promoted"]]
+    assert setup["token_id"] in ids, steering["promoted"][:3]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from autointerp_full.scorers.answers import answer_schema, find_json_object
@@ -170,9 +171,11 @@ class InterventionScorer(Scorer):
         _, tokenizer = await asyncio.to_thread(self._tokenizer)
         predicted = phrase_token_ids(tokenizer, answer.value)
         token_ids = sorted({i for p in predicted for i in p["token_ids"]})
+        started = time.perf_counter()
         steered, control = await asyncio.to_thread(
             steering_changes, self.cfg, record, windows, token_ids
         )
+        self._seconds[(record.hookpoint, record.latent)] = time.perf_counter() - started
         effects = [s - c for s, c in zip(steered, control, strict=True)]
         for entry, s, c, e in zip(records, steered, control, effects, strict=True):
             entry.update(prediction=e, steered_logprob_change=s, control_logprob_change=c)
@@ -190,10 +193,14 @@ class InterventionScorer(Scorer):
         super().__init__(client, prompts, cfg)
         # The phrases each latent's answer gave, until its result is assembled.
         self._predicted: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self._seconds: dict[tuple[str, int], float] = {}  # model time (three passes per window)
 
     async def score(
         self, record: LatentRecord, explanation: str | None, previous: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         result = await super().score(record, explanation, previous)
-        result["predicted_tokens"] = self._predicted.pop((record.hookpoint, record.latent), [])
+        key = (record.hookpoint, record.latent)
+        result["predicted_tokens"] = self._predicted.pop(key, [])
+        if key in self._seconds:
+            result["steering_seconds"] = round(self._seconds.pop(key), 3)
         return result

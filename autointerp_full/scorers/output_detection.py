@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import TYPE_CHECKING, Any
 
 from autointerp_full.scorers.base import seeded_rng
@@ -76,12 +77,24 @@ class OutputDetectionScorer(ClassifierScorer):
     def __init__(self, client: Any, prompts: Any, cfg: Any) -> None:
         super().__init__(client, prompts, cfg)
         self._items: dict[tuple[str, int], list[Item]] = {}
+        self._seconds: dict[tuple[str, int], float] = {}  # generation time, both ways
+
+    async def score(
+        self, record: LatentRecord, explanation: str | None, previous: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        result = await super().score(record, explanation, previous)
+        seconds = self._seconds.pop((record.hookpoint, record.latent), None)
+        if seconds is not None:
+            result["generation_seconds"] = round(seconds, 3)
+        return result
 
     async def _score(
         self, record: LatentRecord, explanation: str | None, previous: dict[str, Any] | None
     ) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
         windows = [e for e in record.test if e.tokens]
+        started = time.perf_counter()
         steered, plain = await asyncio.to_thread(generate_pairs, self.cfg, record, windows)
+        self._seconds[(record.hookpoint, record.latent)] = time.perf_counter() - started
         items = [Item(t, True, e.quantile) for t, e in zip(steered, windows, strict=True)]
         items += [Item(t, False, -1) for t in plain]
         key = (record.hookpoint, record.latent)
