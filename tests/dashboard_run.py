@@ -84,10 +84,11 @@ def score_file(scorer: str, hookpoint: str, latent: int, rng: random.Random,
 
 
 def build_run(root: Path, n_latents: int, hookpoints: tuple[str, ...] = ("layers.1",),
-              seed: int = 0) -> tuple[Path, RunConfig]:  # fmt: skip
+              seed: int = 0, nulls: bool = False) -> tuple[Path, RunConfig]:  # fmt: skip
     """results/dash/ with n_latents latents spread over `hookpoints`. Latent 1 of the first
     hookpoint has an incomplete detection score, latent 2 a failed one, latent 3 no explanation
-    (its explaining failed); latent 0's explanation holds markup."""
+    (its explaining failed); latent 0's explanation holds markup. With `nulls`, every explained
+    latent also has null scores (--null_baseline shuffled) with the next latent's explanation."""
     from autointerp_full.prompts import default_prompts
 
     cfg = config(list(hookpoints), results_dir=str(root))
@@ -103,6 +104,7 @@ def build_run(root: Path, n_latents: int, hookpoints: tuple[str, ...] = ("layers
         ex_fp = prov.fingerprint(ex_inputs)
         index[hp] = {"fingerprint": ex_fp, "inputs": ex_inputs, "skipped": {}}
         ex_in = prov.explanation_inputs(cfg, prompts, ex_fp)
+        explained: list[tuple[int, prov.Explanation]] = []
         for latent in range(min(per_hp, n_latents - h * per_hp)):
             _write(layout.example_file(run.examples, hp, latent),
                    prov.stamp(record(hp, latent, rng), ex_inputs))  # fmt: skip
@@ -116,6 +118,7 @@ def build_run(root: Path, n_latents: int, hookpoints: tuple[str, ...] = ("layers
             side = prov.explanation_record(hp, latent, text, ex_in)
             _write(layout.explanation_provenance_file(run.explanations, hp, latent), side)
             explanation = prov.Explanation(text, prov.fingerprint(ex_in))
+            explained.append((latent, explanation))
             for scorer in cfg.scorers:
                 state = ""
                 if h == 0 and scorer == "detection":
@@ -124,6 +127,21 @@ def build_run(root: Path, n_latents: int, hookpoints: tuple[str, ...] = ("layers
                 inputs = prov.score_inputs(cfg, prompts, scorer, ex_fp, explanation)
                 _write(layout.score_file(run.scores, scorer, hp, latent),
                        prov.stamp(data, inputs))  # fmt: skip
+        if nulls:
+            _write_nulls(cfg, prompts, run, hp, ex_fp, explained, rng)
     _write(layout.skipped_file(run.examples), index)
     _write(layout.failures_file(run.explanations), failures)
     return run.root, cfg
+
+
+def _write_nulls(cfg: RunConfig, prompts: Any, run: layout.RunLayout, hp: str, ex_fp: str,
+                 explained: list[tuple[int, Any]], rng: random.Random) -> None:  # fmt: skip
+    """Each explained latent scored with the next one's explanation (a derangement)."""
+    for i, (latent, _) in enumerate(explained):
+        source, explanation = explained[(i + 1) % len(explained)]
+        for scorer in cfg.scorers:
+            data = score_file(scorer, hp, latent, rng)
+            data["explanation"] = explanation.text
+            inputs = prov.null_score_inputs(cfg, prompts, scorer, ex_fp, (hp, source), explanation)
+            _write(layout.null_score_file(run.scores, scorer, hp, latent),
+                   prov.stamp(data, inputs))  # fmt: skip

@@ -186,6 +186,18 @@ def test_output_side_shown_where_computed(small_run: tuple[Path, Any]) -> None:
     assert other["output"] is None
 
 
+def test_null_scores_reach_rows_and_pages(tmp_path: Path) -> None:
+    root, cfg = build_run(tmp_path, 6, (HP,), nulls=True)
+    write_html_report(root, cfg)
+    report = root / "report"
+    assert meta_of(report)["has_nulls"] is True
+    rows = registered(report / "data" / "index" / "0.js", "__aif_page")
+    null = len(BASE_COLUMNS) + SCORER_FIELDS.index("null")
+    assert [r[null] is not None for r in rows] == [True, True, True, False, True, True]
+    detail = registered(report / "data" / "latent" / "0" / "0.js", "__aif_latent")
+    assert detail["null_scores"]["detection"]["value"] == rows[0][null]
+
+
 def test_summary_intervals_reach_the_index() -> None:
     summary = {
         "scorers": {

@@ -29,7 +29,9 @@ PAGE_ROWS = 10  # several index pages even for a small run, so paged loading is 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root, cfg = build_run(tmp_path_factory.mktemp("dash"), N_LATENTS, ("layers.1", "layers.2"))
+    root, cfg = build_run(
+        tmp_path_factory.mktemp("dash"), N_LATENTS, ("layers.1", "layers.2"), nulls=True
+    )
     write_summary(root, cfg)  # as the report stage does before the dashboard
     saved = dashboard.PAGE_ROWS
     dashboard.PAGE_ROWS = PAGE_ROWS
@@ -91,6 +93,12 @@ def test_index_lists_every_latent(browser: Chromium, report: Path) -> None:
     assert browser.evaluate("document.querySelectorAll('#rows script').length") == 0
     assert [r["status"] for r in listed[1:4]] == ["incomplete", "error", "error"]
     assert browser.evaluate("document.querySelectorAll('#summary tbody tr').length") == 2
+    summary = browser.evaluate("document.querySelector('#summary tbody tr').textContent")
+    assert "null" in summary and "difference" in summary  # the null baseline's intervals
+    nulls = browser.evaluate(
+        "Array.from(document.querySelectorAll('#rows td.c-null')).map(td => td.textContent)"
+    )
+    assert len(nulls) == 2 * N_LATENTS and sum(v != "–" for v in nulls) > N_LATENTS
     shot(browser, "dashboard_index.png")
 
 
