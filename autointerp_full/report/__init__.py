@@ -1,6 +1,6 @@
 """The report stage's outputs: summary.json, the CLI's final table and the HTML report.
 
-Importing this package is cheap; plotly is imported only by write_html_report."""
+Importing this package is cheap; the dashboard's modules load only in write_html_report."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def write_html_report(run_dir: Path, cfg: RunConfig, max_examples: int = 10) -> Path:
-    """run_dir/report/index.html with figures and one section per latent (needs plotly)."""
+    """run_dir/report/: the latent dashboard (report.dashboard); returns its index.html."""
     from autointerp_full.report.html import write_html_report as write
 
     return write(run_dir, cfg, max_examples)
