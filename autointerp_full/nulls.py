@@ -112,6 +112,12 @@ def requests_per_latent(scorer: str, n_test: int, n_non_activating: int, per_pro
         return math.ceil((n_test + n_non_activating) / max(1, per_prompt))
     if scorer == "simulation":
         return n_test + min(n_non_activating, math.ceil(n_test / 4))
+    # Output side (issue 13): one token-prediction request; steered and unsteered texts of
+    # each test window, `per_prompt` to a request (both also run the subject model).
+    if scorer == "intervention":
+        return 1
+    if scorer == "output_detection":
+        return math.ceil(2 * n_test / max(1, per_prompt))
     return 0
 
 

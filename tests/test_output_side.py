@@ -346,3 +346,26 @@ def test_other_formats_give_the_same_logit_lens_and_a_steering_profile(
     assert steering["n_contexts"] == 6
     ids = [t["token_id"] for t in steering["promoted"]]
     assert setup["token_id"] in ids, steering["promoted"][:3]
+
+
+def test_null_cost_counts_the_output_scorers_requests() -> None:
+    from autointerp_full.nulls import estimate_null_cost
+
+    cfg = RunConfig(scorers=["intervention", "output_detection"], n_examples_test=10,
+                    num_examples_per_scorer_prompt=5)  # fmt: skip
+    assert estimate_null_cost(cfg, 3).per_latent == {"intervention": 1, "output_detection": 4}
+
+
+def test_output_prompts_can_be_overridden_and_are_checked(tmp_path: Path) -> None:
+    from autointerp_full.errors import UserError
+    from autointerp_full.prompts import load_prompts
+
+    good = tmp_path / "good.yaml"
+    good.write_text("explainers:\n  output:\n    system: 'Say what it promotes. {prompt}'\n")
+    prompts = load_prompts(RunConfig(prompt_override=True, prompt_config_file=str(good)))
+    assert prompts.get("explainers.output.system").startswith("Say what it promotes.")
+    assert prompts.schema("scorers.intervention.system", 5)["properties"]["tokens"]["maxItems"] == 5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("explainers:\n  output:\n    system: 'no placeholder'\n")
+    with pytest.raises(UserError, match="explainers.output.system"):
+        load_prompts(RunConfig(prompt_override=True, prompt_config_file=str(bad)))
