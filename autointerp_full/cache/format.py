@@ -59,6 +59,10 @@ U32_TOKENS = 2**32
 SHARD_TENSORS = ("offsets", "index", "activations")
 _FIXED_CODES = {"offsets": "I64", "activations": "F16"}
 TOKEN_CODES = ("U8", "U16", "I32")
+# A fan-out range step's part of a cache records its token rows [lo, hi) in the key field
+# RANGE_FIELD and the whole cache's row count in RANGE_TOTAL_FIELD (docs/KUBEFLOW.md).
+RANGE_FIELD = "rows"
+RANGE_TOTAL_FIELD = "n_seqs_total"
 FIX = "rerun with --overwrite cache to rebuild it"
 
 
@@ -316,7 +320,14 @@ def verify_cache(folder: Path) -> None:
         )
     check_tokens_file(folder / TOKENS_FILE, n_seqs, ctx_len, config_token_code(config))
     for file, start, end, n in shards:
-        check_shard_file(folder / file, start, end, n_seqs * ctx_len, n)
+        check_shard_file(folder / file, start, end, config_index_tokens(config), n)
+
+
+def config_index_tokens(config: dict[str, Any]) -> int:
+    """The token count that sets a cache's index dtype: the whole cache's, also for a
+    fan-out range step's part (which records it as n_seqs_total)."""
+    n_seqs = int(config.get(RANGE_TOTAL_FIELD, config["n_seqs"]))
+    return n_seqs * int(config["ctx_len"])
 
 
 def config_token_code(config: dict[str, Any]) -> str | None:

@@ -68,11 +68,14 @@ def run_model(
     batch_size: int,
     bos_id: int | None,
     forward: Any,
+    row_base: int = 0,
 ) -> float:
     """Feed `tokens` through the model in batches, streaming every hookpoint's non-zeros.
 
     `forward(model, hookpoints, input_ids, inputs=...)` returns hidden states per hookpoint.
-    Starts at the first row some hookpoint has not done. Returns the seconds spent.
+    Starts at the first row some hookpoint has not done. `tokens` are rows row_base.. of the
+    whole cache (a fan-out range step), so entries get their index in the whole cache.
+    Returns the seconds spent.
     """
     import torch
 
@@ -94,8 +97,9 @@ def run_model(
             with torch.inference_mode():
                 found = encode_batch(model, todo, batch, step, forward, inputs)
                 keep = (batch != bos_id).reshape(-1) if bos_id is not None else None
+                first = row + row_base  # the batch's first row in the whole cache
                 for s in todo:
-                    s.add(sort_batch(*found[s.hookpoint], batch.numel(), row, ctx_len, keep))
+                    s.add(sort_batch(*found[s.hookpoint], batch.numel(), first, ctx_len, keep))
             done = min(row + batch_size, n_seqs)
             progress.update((done - row) * ctx_len)
             if done == n_seqs or any(s.full() for s in pending):

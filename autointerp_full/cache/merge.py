@@ -189,7 +189,7 @@ def merge_shards(state: HookpointCache, n_seqs: int, ctx_len: int) -> None:
     lock = threading.Lock()
 
     def merge(i: int) -> None:
-        merge_shard(state, i, n_seqs * ctx_len, budget)
+        merge_shard(state, i, state.index_tokens or n_seqs * ctx_len, budget)
         with lock:  # step 2: record it
             state.merged.append(i)
             state.save_manifest(n_seqs, ctx_len)

@@ -19,6 +19,7 @@ from .format import (
     TOKENS_FILE,
     check_shard_file,
     check_tokens_file,
+    config_index_tokens,
     config_token_code,
     read_cache_config,
 )
@@ -48,7 +49,7 @@ class CacheReader:
         self.hookpoint: str = str(self.config["hookpoint"])
         self.shards: list[dict[str, Any]] = list(self.config["shards"])
         self.ctx_len: int = int(self.config["ctx_len"])
-        self.n_tokens: int = int(self.config["n_seqs"]) * self.ctx_len
+        self.n_tokens: int = config_index_tokens(self.config)
         self._handles: dict[int, TensorFile] = {}
         self._offsets: dict[int, np.ndarray] = {}
 

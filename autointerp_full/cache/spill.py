@@ -66,6 +66,9 @@ class HookpointCache:
     staged_rows: int = -1
     # The tokenizer's vocabulary size, which sets the tokens file's dtype (None: from the ids).
     vocab_size: int | None = None
+    # Tokens of the whole cache, which set the index dtype; differs from this build's own rows
+    # in a fan-out range step (None: this build's rows are the whole cache).
+    index_tokens: int | None = None
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
@@ -125,10 +128,11 @@ class HookpointCache:
         self.chunks += 1
         self.rows_done = rows_done
         manifest_path, manifest = self.folder / MANIFEST, self.manifest(n_seqs, ctx_len)
+        index_tokens = self.index_tokens or n_seqs * ctx_len
 
         def save() -> None:
             for path, part, offsets, start, end in parts:
-                save_run(path, part, offsets, n_seqs * ctx_len, start, end)
+                save_run(path, part, offsets, index_tokens, start, end)
             atomic_write_json(manifest_path, manifest)  # only now do these rows count as done
 
         saver.submit(save)
@@ -222,7 +226,7 @@ def start_fresh(state: HookpointCache, tokens: torch.Tensor, why: str) -> None:
     state.staged_rows = len(tokens)
     folder.mkdir(parents=True)
     n_seqs, ctx_len = tokens.shape
-    check_index_size(n_seqs * ctx_len)
+    check_index_size(state.index_tokens or n_seqs * ctx_len)
     save_tokens(state.tokens_file, tokens, token_code(tokens_vocab(state, tokens)))
     state.save_manifest(n_seqs, ctx_len)
 

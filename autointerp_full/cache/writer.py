@@ -19,7 +19,7 @@ from ..config import RunConfig
 from ..errors import UserError
 from ..logs import format_duration, log
 from . import forward, merge, spill, staging
-from .format import FORMAT_VERSION, staging_folder
+from .format import FORMAT_VERSION, RANGE_FIELD, RANGE_TOTAL_FIELD, staging_folder
 from .key import cache_key, key_difference, reusable, reuse_reason
 from .spill import HookpointCache
 from .tensorio import load_tokens
@@ -55,17 +55,25 @@ def reused_hookpoints(cfg: RunConfig, latents_dir: Path) -> list[str]:
     ]
 
 
-def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
+def build_cache(
+    cfg: RunConfig, latents_dir: Path, rows: tuple[int, int] | None = None
+) -> dict[str, Path]:
     """Make sure `latents_dir/<hookpoint>/` holds a complete cache for every hookpoint.
 
     Caches whose key matches the current configuration are verified and reused; the others
     are built in one model pass (resuming an interrupted build with the same key) beside the
     old ones, which they replace once complete. Returns hookpoint -> folder.
+
+    With `rows` = (lo, hi), only token rows [lo, hi) of the cache are cached (a fan-out range
+    step): the folder is a part that `fanout.merge_parts` joins with the other ranges' parts.
     """
     latents_dir = Path(latents_dir)
     hookpoints = _hookpoints(cfg)
     folders = {hp: latents_dir / hp for hp in hookpoints}
     keys = {hp: cache_key(cfg, hp) for hp in hookpoints}
+    if rows is not None:
+        for key in keys.values():
+            key[RANGE_FIELD] = [int(rows[0]), int(rows[1])]
     for hp in hookpoints:
         staging.recover(latents_dir, hp)
     overwrite = "cache" in cfg.overwrite
@@ -106,9 +114,17 @@ def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
     for state in states:
         state.vocab_size = vocab
     resumed = {s.hookpoint: spill.resumable(s) for s in states}
-    tokens = _tokens_for(cfg, tokenizer, [s for s in states if resumed[s.hookpoint][0]])
+    if rows is None:
+        tokens = _tokens_for(cfg, tokenizer, [s for s in states if resumed[s.hookpoint][0]])
+        all_tokens, row_base = tokens, 0
+    else:  # a range step tokenises every row (cheap), so the ranges agree on them
+        all_tokens = _tokens_for(cfg, tokenizer, [])
+        tokens, row_base = _range_rows(all_tokens, rows), int(rows[0])
     # Only now, with the tokens in hand, is a stale staged build discarded.
     n_seqs, ctx_len = tokens.shape
+    for state in states:
+        state.index_tokens = all_tokens.numel()
+        state.vocab_size = spill.tokens_vocab(state, all_tokens)  # the same in every range
     for state in states:
         ok, why = resumed[state.hookpoint]
         if ok and state.staged_rows == n_seqs:
@@ -118,12 +134,12 @@ def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
             spill.start_fresh(state, tokens, why or "its token rows differ")
 
     if cfg.random_sparse_model:  # the randomised control, its biases set on the first rows
-        sparse.make_random_controls(coders, cfg.seed, model, tokens, models.forward_to_hooks)
+        sparse.make_random_controls(coders, cfg.seed, model, all_tokens, models.forward_to_hooks)
     bos_id = tokenizer.bos_token_id if cfg.filter_bos else None
     if cfg.filter_bos and bos_id is None:
         log.warning("--filter_bos: the tokenizer has no BOS token; nothing is filtered")
     model_s = forward.run_model(
-        model, states, tokens, cfg.batch_size, bos_id, models.forward_to_hooks
+        model, states, tokens, cfg.batch_size, bos_id, models.forward_to_hooks, row_base
     )
 
     for state in states:
@@ -137,9 +153,11 @@ def build_cache(cfg: RunConfig, latents_dir: Path) -> dict[str, Path]:
             "d_in": int(getattr(state.coder, "d_in", width)),
             "transcoder": bool(getattr(state.coder, "transcoder", False)),
             "bos_token_id": tokenizer.bos_token_id,
-            "vocab_size": spill.tokens_vocab(state, tokens),
+            "vocab_size": spill.tokens_vocab(state, all_tokens),
             "format": FORMAT_VERSION,
         }
+        if rows is not None:
+            config[RANGE_TOTAL_FIELD] = len(all_tokens)
         finish(state, config, n_seqs, ctx_len)
         staging.commit(latents_dir, state.hookpoint)
 
@@ -179,6 +197,17 @@ def _tokens_for(cfg: RunConfig, tokenizer: Any, resumed: list[HookpointCache]) -
         num_proc=cfg.pipeline_num_proc,
     )
     return tokenize_rows(texts, tokenizer, cfg.cache_ctx_len, cfg.n_tokens)
+
+
+def _range_rows(tokens: torch.Tensor, rows: tuple[int, int]) -> torch.Tensor:
+    """Rows [lo, hi) of the token rows (hi clipped: the dataset may hold fewer rows)."""
+    lo, hi = int(rows[0]), min(int(rows[1]), len(tokens))
+    if not 0 <= lo < hi:
+        raise UserError(
+            f"cache fan-out: token rows {rows[0]}..{rows[1]} hold no rows of the "
+            f"{len(tokens)} the dataset gives; use fewer cache ranges"
+        )
+    return tokens[lo:hi]
 
 
 def _vocab_size(tokenizer: Any) -> int | None:
