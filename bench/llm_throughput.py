@@ -1,194 +1,143 @@
-"""LLM-stage throughput against a server of known capacity.
+"""LLM-stage throughput of the real explain and score stages against a server of known capacity.
 
-Starts the scripted OpenAI-compatible test server with a fixed per-request delay and a concurrency
-cap, so its capacity is exactly cap/delay requests per second, then drives N latents through the
-explain, detection and fuzz request patterns with the product's client (make_client, bounded
-concurrency, retries). A stage that keeps the server saturated reaches a ratio near 1.0; the
-target is >= 0.9.
+Starts the scripted OpenAI-compatible test server with a fixed per-request delay and a
+concurrency cap, so its capacity is exactly cap/delay requests per second. Builds real example
+files (a synthetic cache of random tokens, no model, then the examples stage), and runs the
+product's explain stage and score stage (autointerp_full.stages, detection and fuzz scorers)
+on them. The ratio is the requests per second each stage achieved over the server's capacity:
+a stage that keeps the server saturated reaches a ratio near 1.0; the target is >= 0.95.
+The stages' own work (prompt building, parsing, writing files) is inside the timing.
 
-Request patterns (what the explainer and scorers send; raw requests shaped like theirs):
-  explain    1 request per latent, n_examples_train highlighted windows in one prompt
-  detection  ceil((n_examples_test + n_non_activating) / num_examples_per_scorer_prompt) per latent
-  fuzz       the same count, with highlighted tokens
-
-    python bench/llm_throughput.py [--latents 40] [--delay 0.2] [--cap 16]
+    python bench/llm_throughput.py [--latents 200] [--delay 0.2] [--cap 16]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from autointerp_full import models, stages  # noqa: E402
 from autointerp_full.config import RunConfig  # noqa: E402
-from autointerp_full.llm import make_client  # noqa: E402
+from autointerp_full.examples import load_tokenizer  # noqa: E402
 
-WORDS = (
-    "the river bank money city paris london red blue green run jump walk quickly slowly and "
-    "because python code function class import return number market price rose fell"
-).split()
-
-SYSTEM_EXPLAIN = (
-    "You are a meticulous AI researcher studying one latent of a sparse autoencoder. You will see "
-    "text examples in which the latent fires; the tokens where it fires are marked <<like this>>. "
-    "Summarise in one short phrase what the marked tokens and their contexts have in common. "
-) * 4
-SYSTEM_SCORE = (
-    "You are an intelligent and meticulous linguistics researcher. You will be given an "
-    "explanation of a latent and several text examples. For each example say whether the latent "
-    "described by the explanation would fire on it. Answer with a Python list of 1s and 0s. "
-) * 3
+HOOK = "layers.0"
 
 
-def window(rng: random.Random, ctx: int, highlight: bool) -> str:
-    tokens = [rng.choice(WORDS) for _ in range(ctx)]
-    if highlight:
-        i = rng.randrange(ctx)
-        tokens[i] = f"<<{tokens[i]}>>"
-    return " ".join(tokens)
+def make_examples(work: Path, cfg: RunConfig, latents: int) -> Path:
+    """Real example files: a synthetic cache (examples_throughput.write_cache) of latents dense
+    enough that every one gets examples, then the examples stage."""
+    from examples_throughput import write_cache
+
+    model = str(models.smollm2_gguf_path())
+    args = argparse.Namespace(
+        n_tokens=400_000, latents=latents, dense=latents, ctx_len=cfg.cache_ctx_len,
+        n_splits=2, seed=0,
+    )  # fmt: skip
+    folder = work / "latents" / HOOK
+    write_cache(folder, args, len(load_tokenizer(model)))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model": model}))
+    return stages.examples_stage(cfg, work / "latents", work / "examples")
 
 
-def explain_messages(rng: random.Random, cfg: RunConfig) -> list[dict[str, str]]:
-    body = "\n".join(
-        f"Example {i + 1}: {window(rng, cfg.example_ctx_len, True)}"
-        for i in range(cfg.n_examples_train)
-    )
-    return [{"role": "system", "content": SYSTEM_EXPLAIN}, {"role": "user", "content": body}]
-
-
-def score_messages(rng: random.Random, cfg: RunConfig, fuzz: bool) -> list[list[dict[str, str]]]:
-    n = cfg.n_examples_test + cfg.n_non_activating
-    k = cfg.num_examples_per_scorer_prompt
-    prompts = []
-    for start in range(0, n, k):
-        lines = [
-            f"Example {j + 1}: {window(rng, cfg.example_ctx_len, fuzz)}"
-            for j in range(min(k, n - start))
-        ]
-        user = "Explanation: words about money\n\n" + "\n".join(lines)
-        prompts.append(
-            [{"role": "system", "content": SYSTEM_SCORE}, {"role": "user", "content": user}]
-        )
-    return prompts
-
-
-def responder(request: dict) -> str:
-    if request["messages"][0]["content"] == SYSTEM_EXPLAIN:
-        return "Words about money and markets."
-    n = request["messages"][1]["content"].count("\nExample ") + 1
-    return "[" + ", ".join("1" if i % 2 else "0" for i in range(n)) + "]"
-
-
-async def run_stage(cfg: RunConfig, stage: str, n_latents: int) -> tuple[float, int]:
-    """Every latent at once, each latent's prompts at once (as the stages do); returns seconds."""
-    client = make_client(cfg, stage)
-    rng = random.Random(0)
-    if stage == "explain":
-        per_latent = [[explain_messages(rng, cfg)] for _ in range(n_latents)]
-        max_tokens = 256
-    else:
-        per_latent = [score_messages(rng, cfg, stage == "fuzz") for _ in range(n_latents)]
-        max_tokens = 50
-
-    async def latent(prompts: list[list[dict[str, str]]]) -> None:
-        await asyncio.gather(*(client.generate(m, max_tokens=max_tokens) for m in prompts))
-
-    start = time.perf_counter()
-    try:
-        await asyncio.gather(*(latent(p) for p in per_latent))
-    finally:
-        await client.aclose()
-    elapsed = time.perf_counter() - start
-    usage = client.usage.as_dict()[stage]
-    assert usage["failures"] == 0, usage
-    return elapsed, usage["requests"]
+def server_stats(server: subprocess.Popen) -> dict:
+    assert server.stdin is not None and server.stdout is not None
+    server.stdin.write("stats\n")
+    server.stdin.flush()
+    return json.loads(server.stdout.readline())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--latents", type=int, default=40, help="latents per scorer stage")
-    parser.add_argument("--explain_latents", type=int, default=800, help="latents for explain")
-    parser.add_argument("--delay", type=float, default=0.2, help="server seconds per request")
-    parser.add_argument("--cap", type=int, default=16, help="server concurrency cap")
-    parser.add_argument("--concurrency", type=int, default=32, help="--max_concurrent_requests")
+    parser.add_argument("--latents", type=int, default=400, help="latents explained")
+    parser.add_argument("--score_latents", type=int, default=40, help="of those, latents scored")
+    parser.add_argument("--delay", type=float, default=0.5, help="server seconds per request")
+    parser.add_argument("--cap", type=int, default=32, help="server concurrency cap")
+    parser.add_argument("--concurrency", type=int, default=64, help="--max_concurrent_requests")
     args = parser.parse_args()
 
     # The server runs in its own process (own interpreter lock), as a real LLM server would.
     server = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "llm_test_server.py"),
-            "--delay",
-            str(args.delay),
-            "--cap",
-            str(args.cap),
-            "--responder",
-            "bench.llm_throughput:responder",
-        ],
+        [sys.executable, str(ROOT / "tests" / "llm_test_server.py"), "--delay", str(args.delay),
+         "--cap", str(args.cap), "--responder", "llm_test_server:interp_responder"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])},
-    )
+    )  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="llm_bench_"))
     try:
-        assert server.stdout is not None and server.stdin is not None
+        assert server.stdout is not None
         url = server.stdout.readline().strip()
         cfg = RunConfig(
+            model=str(models.smollm2_gguf_path()),
+            hookpoints=[HOOK],
+            cache_ctx_len=256,
             explainer_provider="vllm",
             explainer_api_base_url=url,
             explainer_model="test-model",
             max_concurrent_requests=args.concurrency,
+            scorers=["detection", "fuzz"],
         )
-        capacity_rps = args.cap / args.delay
+        examples = make_examples(work, cfg, args.latents)
+        n_files = len(list(examples.glob("*_latent_*.json")))
+        capacity = args.cap / args.delay
         print(
-            f"server: cap {args.cap}, delay {args.delay:g}s -> {capacity_rps:g} req/s; "
-            f"client --max_concurrent_requests {cfg.max_concurrent_requests}; raw requests shaped "
-            "like the explainer's and scorers'"
+            f"server: cap {args.cap}, delay {args.delay:g}s -> {capacity:g} req/s; client "
+            f"--max_concurrent_requests {cfg.max_concurrent_requests}; {n_files} example files; "
+            "the real explain and score stages"
         )
         print(
-            f"{'stage':<10} {'latents':>7} {'req/lat':>7} {'seconds':>8} "
-            f"{'latents/min':>12} {'capacity/min':>13} {'ratio':>6}"
+            f"{'stage':<8} {'latents':>7} {'requests':>8} {'seconds':>8} {'req/s':>7} {'ratio':>6}"
         )
         ratios = []
         cpu0 = time.process_time()
-        for stage in ("explain", "detection", "fuzz"):
-            n = args.explain_latents if stage == "explain" else args.latents
-            elapsed, requests = asyncio.run(run_stage(cfg, stage, n))
-            per_latent = requests / n
-            achieved = n / elapsed * 60
-            capacity = capacity_rps / per_latent * 60
-            ratios.append(achieved / capacity)
+        runs = (
+            ("explain", lambda: stages.explain_stage(cfg, examples, work / "explanations")),
+            ("score", lambda: stages.score_stage(
+                cfg, examples, work / "explanations", work / "scores", (0, args.score_latents))),
+        )  # fmt: skip
+        for name, run in runs:
+            before = server_stats(server)["chat_requests"]
+            began = time.perf_counter()
+            run()
+            elapsed = time.perf_counter() - began
+            requests = server_stats(server)["chat_requests"] - before
+            rate = requests / elapsed
+            ratios.append(rate / capacity)
             print(
-                f"{stage:<10} {n:>7} {per_latent:>7.0f} {elapsed:>8.2f} "
-                f"{achieved:>12,.0f} {capacity:>13,.0f} {achieved / capacity:>6.2f}"
+                f"{name:<8} {n_files if name == 'explain' else args.score_latents:>7} {requests:>8} {elapsed:>8.2f} {rate:>7.1f} "
+                f"{rate / capacity:>6.2f}"
             )
-        server.stdin.write("stats\n")
-        server.stdin.flush()
-        stats = json.loads(server.stdout.readline())
+        failures = [
+            f"{p.name}: {p.read_text().strip()[:80]}" for p in (work / "scores").rglob("*failure*")
+        ]
+        stats = server_stats(server)
         n_req = stats["chat_requests"]
-        client_ms = (time.process_time() - cpu0) / n_req * 1000
         print(
             f"peak requests in flight at the server: {stats['peak_in_flight']} "
-            f"(client limit {cfg.max_concurrent_requests})"
+            f"(client limit {cfg.max_concurrent_requests}); failure files: {failures or 'none'}"
         )
         print(
-            f"CPU per request: client {client_ms:.1f} ms, test server "
-            f"{stats['cpu_s'] / n_req * 1000:.1f} ms (load average {os.getloadavg()[0]:.1f} "
-            f"on {os.cpu_count()} cores)"
+            f"CPU per request: stages and client {(time.process_time() - cpu0) / n_req * 1000:.1f}"
+            f" ms, test server {stats['cpu_s'] / n_req * 1000:.1f} ms (load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
         )
-        print("target ratio >= 0.9:", "met" if min(ratios) >= 0.9 else "NOT met")
+        print("target ratio >= 0.95:", "met" if min(ratios) >= 0.95 else "NOT met")
     finally:
         if server.stdin:
             server.stdin.close()  # EOF stops the server
@@ -197,6 +146,7 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
