@@ -119,8 +119,9 @@ def main() -> None:
             requests = server_stats(server)["chat_requests"] - before
             rate = requests / elapsed
             ratios.append(rate / capacity)
+            n = n_files if name == "explain" else args.score_latents
             print(
-                f"{name:<8} {n_files if name == 'explain' else args.score_latents:>7} {requests:>8} {elapsed:>8.2f} {rate:>7.1f} "
+                f"{name:<8} {n:>7} {requests:>8} {elapsed:>8.2f} {rate:>7.1f} "
                 f"{rate / capacity:>6.2f}"
             )
         failures = [
