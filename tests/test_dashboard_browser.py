@@ -15,6 +15,7 @@ import pytest
 from chromium_cdp import Chromium, find_chromium
 from dashboard_run import build_run
 
+from autointerp_full import layout
 from autointerp_full.report import dashboard, write_html_report, write_summary
 
 BROWSER = find_chromium()
@@ -32,6 +33,11 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root, cfg = build_run(
         tmp_path_factory.mktemp("dash"), N_LATENTS, ("layers.1", "layers.2"), nulls=True
     )
+    token = {"token_id": 1, "token": " cat", "value": 3.2}
+    profile = {"logit_lens": {"promoted": [token, token], "suppressed": [token]}, "steering": None}
+    path = layout.output_file(layout.RunLayout(root).output, "layers.1", 4)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(profile))  # the output stage's profile of one latent
     write_summary(root, cfg)  # as the report stage does before the dashboard
     saved = dashboard.PAGE_ROWS
     dashboard.PAGE_ROWS = PAGE_ROWS
@@ -167,6 +173,15 @@ def test_latent_page_shows_its_examples(browser: Chromium, report: Path) -> None
     assert "not available" in page["neighbours"]
     assert "not computed" in page["output"]
     shot(browser, "dashboard_latent.png", full_page=True)
+
+
+def test_latent_page_shows_its_output_side(browser: Chromium, report: Path) -> None:
+    open_page(browser, (report / "latent.html").as_uri() + "?id=4")
+    promoted = browser.evaluate(
+        "Array.from(document.querySelectorAll('#promoted li')).map(li => li.textContent)"
+    )
+    assert promoted == ['" cat" 3.200', '" cat" 3.200']
+    assert browser.evaluate("document.querySelectorAll('#suppressed li').length") == 1
 
 
 def test_latent_page_of_an_unknown_id(browser: Chromium, report: Path) -> None:

@@ -398,9 +398,11 @@
         return el("li", { cls: "scored " + cls }, [el("span", { cls: "mark", text: mark }),
           el("span", { cls: "what", text: what + " · " + pred }), el("span", { cls: "text", text: e.text })]);
       });
-      kids.push(el("details", { cls: "scorer-examples", "data-scorer": s }, [
+      var box = el("details", { cls: "scorer-examples", "data-scorer": s }, [
         el("summary", { text: s + ": " + right + " of " + ex.length + " examples right" }),
-        el("ul", {}, list)]));
+        el("ul", {}, list)]);
+      if (kids.length === 1) box.open = true; // the first scorer's examples show at once
+      kids.push(box);
     });
     return section("Scores", "scores", kids);
   }
