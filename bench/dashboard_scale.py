@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import resource
 import shutil
 import statistics
 import sys
@@ -82,10 +83,12 @@ def main() -> int:
             print(f"summary.json: {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
         report = write_html_report(root, cfg).parent
+        took = time.perf_counter() - t
         n_files, size = folder_size(report)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
         print(
-            f"dashboard written: {time.perf_counter() - t:.1f} s, {n_files:,} files, "
-            f"{size / 2**20:.1f} MiB in {report}"
+            f"dashboard written: {took:.1f} s, {n_files:,} files, {size / 2**20:.1f} MiB in "
+            f"{report} (peak memory of this process {peak:.0f} MiB)"
         )
 
         with Chromium(binary) as browser:

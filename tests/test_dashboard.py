@@ -158,6 +158,17 @@ def test_failed_report_keeps_the_previous(
         write_html_report(root, cfg)
     assert (root / "report" / "index.html").read_text() == before
     assert len(list((root / "report").glob("data/latent/*/*.js"))) == 25
+    assert not (root / "report.new").exists()  # the half-written one is gone
+
+
+def test_a_swap_cut_short_is_recovered(small_run: tuple[Path, Any]) -> None:
+    """Killed between the swap's two renames, only report.old is left: the next report
+    starts from it, so the previous dashboard is never lost."""
+    root, cfg = small_run
+    write_html_report(root, cfg)
+    (root / "report").rename(root / "report.old")
+    dashboard._recover(root / "report")
+    assert (root / "report" / "index.html").is_file() and not (root / "report.old").exists()
 
 
 def test_output_side_shown_where_computed(small_run: tuple[Path, Any]) -> None:

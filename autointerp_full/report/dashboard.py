@@ -120,7 +120,7 @@ def gather(run: layout.RunLayout, cfg: RunConfig) -> tuple[list[LatentData], Any
             explain_error=view.explanation_failures.get(key),
             record=None,
         )
-        data.record = read_json(path) if path is not None else None
+        data.examples_path = path  # read when its page is written: records can be large
         data.scores = {s: f[key] for s, f in view.scores.items() if key in f}
         data.null_scores = {s: f[key] for s, f in nulls.items() if key in f}
         out.append(data)
@@ -316,31 +316,30 @@ def _swap_in(staging: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
-def write_dashboard(run_dir: Path, cfg: RunConfig, *, neighbours: bool = True) -> Path:
-    """Write run_dir/report/ (see the module docstring) and return report/index.html."""
-    from autointerp_full.report.dashboard_neighbours import derive
+def _recover(target: Path) -> None:
+    """A swap killed between its two renames leaves only report.old: put it back."""
+    old = target.with_name(target.name + ".old")
+    if old.exists() and not target.exists():
+        old.rename(target)
 
-    run = layout.RunLayout(Path(run_dir))
-    latents, view = gather(run, cfg)
-    scorers = [s for s in cfg.scorers if s in view.scores]
-    derived = derive(cfg, run, [(d.hookpoint, d.latent) for d in latents], neighbours=neighbours)
+
+def _latent_pages(
+    staging: Path,
+    run: layout.RunLayout,
+    latents: list[LatentData],
+    scorers: list[str],
+    derived: CacheDerived,
+    neighbours: bool,
+) -> tuple[list[list[Any]], int]:
+    """Write each latent's data file; return the index rows and how many had an output side.
+    Each examples file is read, used and let go, so memory holds one record at a time."""
     ids = {(d.hookpoint, d.latent): d for d in latents}
-    summary = read_json(run.summary) if run.summary.is_file() else None
-    has_nulls = any(d.null_scores for d in latents)
-
-    staging = run.report_dir.with_name(run.report_dir.name + ".new")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    rows = [index_row(d, scorers) for d in latents]
-    meta_data = meta(cfg, scorers, len(latents), summary, derived, has_nulls)
-    _write(staging, "data/meta.js", f"window.__aif_meta = {js_json(meta_data)};\n")
-    for p in range(meta_data["n_pages"]):
-        page = rows[p * PAGE_ROWS : (p + 1) * PAGE_ROWS]
-        _write(staging, index_page_path(p), f"window.__aif_page({p}, {js_json(page)});\n")
+    rows = []
     output_found = 0
     for d in latents:
         key = (d.hookpoint, d.latent)
+        d.record = read_json(d.examples_path) if d.examples_path is not None else None
+        rows.append(index_row(d, scorers))
         hist = derived.histograms.get(key)
         source = "cache"
         if hist is None and d.record:
@@ -356,11 +355,41 @@ def write_dashboard(run_dir: Path, cfg: RunConfig, *, neighbours: bool = True) -
             output_note="" if output is not None else "not computed",
         )
         _write(staging, latent_data_path(d.id), f"window.__aif_latent({js_json(detail)});\n")
-    for name in ("app.js", "app.css"):
-        _write(staging, f"assets/{name}", (ASSETS / name).read_text(encoding="utf-8"))
-    _write(staging, layout.REPORT_HTML, index_html(cfg))
-    _write(staging, LATENT_PAGE, latent_html(cfg))
-    _write(staging, layout.REPORT_STANDALONE, standalone_html(cfg, meta_data, rows))
+        d.record = None
+    return rows, output_found
+
+
+def write_dashboard(run_dir: Path, cfg: RunConfig, *, neighbours: bool = True) -> Path:
+    """Write run_dir/report/ (see the module docstring) and return report/index.html."""
+    from autointerp_full.report.dashboard_neighbours import derive
+
+    run = layout.RunLayout(Path(run_dir))
+    _recover(run.report_dir)
+    latents, view = gather(run, cfg)
+    scorers = [s for s in cfg.scorers if s in view.scores]
+    derived = derive(cfg, run, [(d.hookpoint, d.latent) for d in latents], neighbours=neighbours)
+    summary = read_json(run.summary) if run.summary.is_file() else None
+    has_nulls = any(d.null_scores for d in latents)
+
+    staging = run.report_dir.with_name(run.report_dir.name + ".new")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        rows, output_found = _latent_pages(staging, run, latents, scorers, derived, neighbours)
+        meta_data = meta(cfg, scorers, len(latents), summary, derived, has_nulls)
+        _write(staging, "data/meta.js", f"window.__aif_meta = {js_json(meta_data)};\n")
+        for p in range(meta_data["n_pages"]):
+            page = rows[p * PAGE_ROWS : (p + 1) * PAGE_ROWS]
+            _write(staging, index_page_path(p), f"window.__aif_page({p}, {js_json(page)});\n")
+        for name in ("app.js", "app.css"):
+            _write(staging, f"assets/{name}", (ASSETS / name).read_text(encoding="utf-8"))
+        _write(staging, layout.REPORT_HTML, index_html(cfg))
+        _write(staging, LATENT_PAGE, latent_html(cfg))
+        _write(staging, layout.REPORT_STANDALONE, standalone_html(cfg, meta_data, rows))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # the previous report stays as it was
+        raise
     _swap_in(staging, run.report_dir)
     log.info(
         "dashboard: %s (%d latents, %d with an output side); open it in a browser",

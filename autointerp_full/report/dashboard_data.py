@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from autointerp_full import stats
@@ -35,9 +36,10 @@ class LatentData:
     latent: int
     explanation: str | None
     explain_error: str | None
-    record: dict[str, Any] | None  # the examples file, when it is current
+    record: dict[str, Any] | None  # the examples file, read only while its page is written
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)
     null_scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    examples_path: Path | None = None  # the current examples file, if any
     # Worked out once: the index row and the latent page both show each one.
     _intervals: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
