@@ -209,6 +209,7 @@ def test_pipeline_score_step_deals_within_its_range(
     run = null_run["run"]
     cfg = RunConfig(**json.loads((run / layout.RUN_CONFIG).read_text()))
     scores = tmp_path / "scores"
+    (tmp_path / "report").mkdir()
     with ScriptedLLMServer(known_answer_responder) as server:
         cfg.explainer_api_base_url = server.url
         for latent_range in ((0, 3), (3, 6)):
@@ -223,3 +224,15 @@ def test_pipeline_score_step_deals_within_its_range(
                 assert data["null"]["source_latent"] == source[1]
                 assert latent_range[0] <= source[1] < latent_range[1]
                 assert abs(data["metrics"]["balanced_accuracy"] - 0.5) <= 0.25
+    # The report step's summary takes each null's recorded source as it is.
+    from autointerp_full.report import write_summary
+
+    report = tmp_path / "report"
+    for folder in ("latents", "examples", "explanations"):
+        (report / folder).symlink_to(run / folder)
+    (report / "scores").symlink_to(scores)
+    summary = write_summary(report, cfg)
+    for scorer in SCORERS:
+        block = summary["scorers"][scorer]["overall"]["headline"]
+        assert block["null"]["n"] == N_LATENTS and block["difference"]["low"] > 0
+    assert summary["left_out"]["null_scores"] == 0
