@@ -58,21 +58,22 @@ def run_output_stage(
         else:
             tally.recompute(reason)
             todo.setdefault(hp, []).append((item, inputs))
-    start = time.perf_counter()
     n_done = sum(len(v) for v in todo.values())
+    loading = elapsed = 0.0
     if n_done:
-        _compute(cfg, output_dir, todo)
+        loading, elapsed = _compute(cfg, output_dir, todo)
     for tally in tallies.values():
         tally.log()
-    elapsed = time.perf_counter() - start
     if n_done:
         log.info(
-            "output: %d profiles computed in %.1fs (%.3f s per latent, model loading included)",
+            "output: %d profiles computed in %.1fs (%.3f s per latent), plus %.1fs loading the "
+            "models",
             n_done,
             elapsed,
             elapsed / n_done,
+            loading,
         )
-        _record_cost(output_dir, n_done, elapsed)
+        _record_cost(output_dir, n_done, elapsed + loading)
     return output_dir
 
 
@@ -80,18 +81,22 @@ def _compute(
     cfg: RunConfig,
     output_dir: Path,
     todo: dict[str, list[tuple[LoadedExamples, dict[str, Any]]]],
-) -> None:
+) -> tuple[float, float]:
+    """Compute and write the profiles; returns (seconds loading models, seconds computing)."""
     from autointerp_full.logs import Progress
     from autointerp_full.output import sparse_coder, subject_model
     from autointerp_full.output.profile import compute_profiles
     from autointerp_full.output.steering import model_device
 
+    started = time.perf_counter()
     model, tokenizer = subject_model(cfg)
     device = model_device(model)
+    coders = {hp: sparse_coder(cfg, hp, device) for hp in todo}
+    loading = time.perf_counter() - started
     total = sum(len(v) for v in todo.values())
     with Progress(total, STAGE, "latent") as progress:
         for hp, entries in todo.items():
-            coder = sparse_coder(cfg, hp, device)
+            coder = coders[hp]
             for i in range(0, len(entries), LATENTS_PER_CHUNK):
                 chunk = entries[i : i + LATENTS_PER_CHUNK]
                 profiles = compute_profiles(
@@ -102,6 +107,7 @@ def _compute(
                     path = layout.output_file(output_dir, hp, item.record.latent)
                     atomic_write_json(path, prov.stamp(profile, inputs))
                     progress.update()
+    return loading, time.perf_counter() - started - loading
 
 
 def _record_cost(output_dir: Path, latents: int, seconds: float) -> None:
