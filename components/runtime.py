@@ -177,15 +177,68 @@ def run_configure(config_json: str, overrides: dict[str, Any], serve_in_step: bo
     return config
 
 
-def run_cache(config: str, hookpoint: str, cache_path: str) -> None:
-    """Cache one hookpoint into `cache_path/<hookpoint>/`."""
+def run_cache(config: str, hookpoint: str, cache_path: str, rows: list[int] | None = None) -> None:
+    """Cache one hookpoint into `cache_path/<hookpoint>/`; with `rows` = [lo, hi] only those
+    token rows (a cache fan-out range: a part that run_merge_cache joins)."""
     from autointerp_full.schemas import validate_artifact
     from autointerp_full.stages import cache_stage
 
     _setup()
     cfg = dataclasses.replace(config_from_json(config), hookpoints=[hookpoint])
-    cache_stage(cfg, Path(cache_path))
+    if rows:
+        from autointerp_full.cache import build_cache
+
+        build_cache(cfg, Path(cache_path), rows=(int(rows[0]), int(rows[1])))
+    else:
+        cache_stage(cfg, Path(cache_path))
     validate_artifact("cache", Path(cache_path) / hookpoint)
+
+
+# --------------------------------------------------------------------- cache fan-out
+def run_cache_ranges(config: str, cache_ranges: int) -> list[dict[str, Any]]:
+    """The cache fan-out's work items: {"hookpoint", "config", "rows"} per hookpoint and token
+    range; rows [lo, hi] (whole batches), or [] when cache_ranges is 1 (one whole cache)."""
+    from autointerp_full.cache.fanout import range_rows
+
+    _setup()
+    cfg = config_from_json(config)
+    n = int(cache_ranges)
+    if n < 1:
+        raise UserError(f"cache_ranges: must be at least 1, got {cache_ranges}")
+    items = []
+    for hookpoint in cfg.hookpoints:
+        for k in range(n):
+            rows: list[int] = []
+            if n > 1:
+                rows = list(range_rows(cfg.n_tokens, cfg.cache_ctx_len, cfg.batch_size, k, n))
+            items.append({"hookpoint": hookpoint, "config": config, "rows": rows})
+    return items
+
+
+def run_merge_cache(
+    config: str, part_uris: list[str], cache_ranges: int, merged_path: str
+) -> list[str] | None:
+    """Join each hookpoint's range parts into `merged_path/<hookpoint>/`; returns None then.
+    With cache_ranges 1 the parts are whole caches: their URIs come back untouched (nothing
+    is fetched or copied)."""
+    from autointerp_full import s3
+    from autointerp_full.cache.fanout import merge_parts
+    from autointerp_full.cache.format import CONFIG_FILE
+    from autointerp_full.schemas import validate_artifact
+
+    _setup()
+    if int(cache_ranges) <= 1:
+        return list(part_uris)
+    parts: dict[str, list[Path]] = {}
+    with scratch_dir() as tmp:
+        for i, uri in enumerate(part_uris):
+            s3.fetch_cache(uri, tmp / str(i))
+            for path in sorted((tmp / str(i)).glob(f"*/{CONFIG_FILE}")):
+                parts.setdefault(path.parent.name, []).append(path.parent)
+        for hookpoint, folders in parts.items():
+            merge_parts(folders, Path(merged_path), hookpoint)
+    validate_artifact("cache", Path(merged_path))
+    return None
 
 
 def run_plan(config: str, cache_uris: list[str], shard_size: int) -> list[dict[str, Any]]:

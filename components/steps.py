@@ -58,25 +58,36 @@ configure_op = component(_configure_function())
 
 # ---------------------------------------------------------------------- stages
 @component
-def hookpoints_op(config: str) -> list:
-    """The cache fan-out's work items: {"hookpoint": ..., "config": ...} per hookpoint.
+def cache_ranges_op(config: str, cache_ranges: int) -> list:
+    """The cache fan-out's work items: {"hookpoint", "config", "rows"} per hookpoint and token
+    range (rows [] when cache_ranges is 1: one whole cache per hookpoint)."""
+    from components.runtime import run_cache_ranges
 
-    Each item carries the config, so tasks inside the loop take every input from the loop
-    item (kfp.local substitutes the loop item for any other task output fed into a loop).
-    """
-    import json
-
-    return [{"hookpoint": h, "config": config} for h in json.loads(config)["hookpoints"]]
+    return run_cache_ranges(config, cache_ranges)
 
 
 @component
-def cache_op(config: str, hookpoint: str, cache: Output[Dataset]) -> str:
-    """Cache one hookpoint's latent activations; returns the artifact URI for ranged reads."""
+def cache_op(config: str, hookpoint: str, rows: list, cache: Output[Dataset]) -> str:
+    """Cache one hookpoint's latent activations (only token rows [lo, hi) when `rows` is
+    given); returns the artifact URI for ranged reads."""
     from components.runtime import run_cache
 
-    run_cache(config, hookpoint, cache.path)
+    run_cache(config, hookpoint, cache.path, rows)
     cache.metadata["hookpoint"] = hookpoint
+    cache.metadata["rows"] = rows
     return cache.uri
+
+
+@component
+def merge_cache_op(
+    config: str, part_uris: list, cache_ranges: int, merged: Output[Dataset]
+) -> list:
+    """Join the cache ranges of each hookpoint into one cache (byte-identical to a single
+    step's); returns the cache URIs the plan reads (the parts' own when cache_ranges is 1)."""
+    from components.runtime import run_merge_cache
+
+    uris = run_merge_cache(config, part_uris, cache_ranges, merged.path)
+    return [merged.uri] if uris is None else uris
 
 
 @component

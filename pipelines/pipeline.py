@@ -1,4 +1,5 @@
-"""The AutoInterp pipeline: configure -> cache per hookpoint -> plan -> per latent range
+"""The AutoInterp pipeline: configure -> cache per hookpoint and token range -> merge ranges ->
+plan -> per latent range
 (examples -> explain -> score) -> report (compared with `baseline_uri` when given).
 
 Parameters are generated from RunConfig: `config_json` (every field, RunConfig's defaults) and a
@@ -18,10 +19,11 @@ from components.steps import (
     CPU_IMAGE,
     GPU_IMAGE,
     cache_op,
+    cache_ranges_op,
     configure_op,
     examples_op,
     explain_op,
-    hookpoints_op,
+    merge_cache_op,
     output_op,
     plan_op,
     report_op,
@@ -118,20 +120,34 @@ def build_pipeline(opts: BuildOptions = BuildOptions()) -> Any:  # noqa: B008 (f
             conf, SETTINGS_CONFIG_MAP, {"llm_base_url": LLM_URL_ENV}, optional=True
         )
         config = conf.output
-        hooks = hookpoints_op(config=config).set_display_name("hookpoints")
+        ranges = cache_ranges_op(config=config, cache_ranges=p["cache_ranges"])
+        ranges.set_display_name("cache ranges")
 
-        # Tasks in a loop take their inputs from the loop item (see hookpoints_op).
-        with dsl.ParallelFor(hooks.output, parallelism=opts.max_parallel) as item:
-            cache = cache_op(config=item.config, hookpoint=item.hookpoint)
+        # Tasks in a loop take their inputs from the loop item, which carries the config
+        # (kfp.local substitutes the loop item for any other task output fed into a loop).
+        # One task per hookpoint and token range: each caches and uploads only its own rows.
+        with dsl.ParallelFor(ranges.output, parallelism=opts.max_parallel) as item:
+            cache = cache_op(config=item.config, hookpoint=item.hookpoint, rows=item.rows)
             cache.set_display_name("cache")
-            # Cached: the output is a function of the inputs (model, data, seed, ...).
+            # Cached: the output is a function of the inputs (model, data, seed, rows, ...).
             cache.set_caching_options(True)
-            cache.set_retry(num_retries=1, backoff_duration="60s")
+            # Each range is its own task, so a failed range is retried alone.
+            cache.set_retry(num_retries=2, backoff_duration="60s")
             cache.set_cpu_request("4").set_memory_request("32G")
             _on_gpu(cache, opts)
             _hf_token(cache)
 
-        cache_uris = dsl.Collected(cache.outputs["Output"])
+        merge = merge_cache_op(
+            config=config,
+            part_uris=dsl.Collected(cache.outputs["Output"]),
+            cache_ranges=p["cache_ranges"],
+        )
+        merge.set_display_name("merge cache ranges")
+        merge.set_caching_options(True)
+        merge.set_cpu_request("2").set_memory_request("8G")
+        _with_s3_env(merge)
+
+        cache_uris = merge.outputs["Output"]
         plan = plan_op(config=config, cache_uris=cache_uris, shard_size=p["shard_size"])
         plan.set_display_name("plan latent ranges")
         plan.set_caching_options(True)
@@ -203,6 +219,8 @@ def build_pipeline(opts: BuildOptions = BuildOptions()) -> Any:  # noqa: B008 (f
     params.append(
         P("shard_size", P.POSITIONAL_OR_KEYWORD, default=DEFAULT_SHARD_SIZE, annotation=int)
     )
+    # Token ranges each hookpoint's cache is split over (one GPU task each, then a merge).
+    params.append(P("cache_ranges", P.POSITIONAL_OR_KEYWORD, default=1, annotation=int))
     # A recurring job's baseline: where the previous run's latent_scores.json is kept (a folder
     # or S3 prefix; empty: no comparison); update_baseline makes this run the next baseline.
     params.append(P("baseline_uri", P.POSITIONAL_OR_KEYWORD, default="", annotation=str))

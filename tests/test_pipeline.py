@@ -45,8 +45,8 @@ def test_parameters_come_from_run_config() -> None:
 
     spec = next(yaml.safe_load_all(COMPILED.read_text()))
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"config_json", "shard_size", "baseline_uri", "update_baseline",
-                           *PROMOTED_FIELDS}  # fmt: skip
+    assert set(params) == {"config_json", "shard_size", "cache_ranges", "baseline_uri",
+                           "update_baseline", *PROMOTED_FIELDS}  # fmt: skip
     defaults = json.loads(params["config_json"]["defaultValue"])
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     # Every field but the secret and the machine-dependent one, with RunConfig's default.
