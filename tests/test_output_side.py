@@ -290,6 +290,31 @@ def test_cli_output_explainer_and_scorers_then_a_rerun_reuses_everything(
         assert server.chat_requests == 0
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*_latent_*.*")} == stamps
 
+    # The pipeline's output and explain steps (component logic) give the same artifacts.
+    from components.runtime import run_explain, run_output
+
+    steps = tmp_path / "steps"
+    examples = str(run / "examples")
+    with ScriptedLLMServer(output_responder) as server:
+        config = json.loads((run / "run_config.json").read_text())
+        config = json.dumps({**config, "explainer_api_base_url": server.url})
+        assert run_output(config, examples, examples, [0, 2], str(steps / "output")) == {
+            "profiles": 2
+        }
+        run_explain(config, examples, examples, [0, 2], str(steps / "expl"), False,
+                    str(steps / "output"), str(steps / "output"))  # fmt: skip
+    for name in ("output", "expl"):
+        folder = run / ("output" if name == "output" else "explanations")
+        assert len(list(folder.glob("*_latent_*.*"))) == 2
+        for path in sorted(folder.glob("*_latent_*.*")):
+            mine = (steps / name / path.name).read_text()
+            if name == "output":
+                assert (
+                    json.loads(mine)["fingerprint"] == json.loads(path.read_text())["fingerprint"]
+                )
+            else:
+                assert mine == path.read_text()
+
 
 def test_a_run_without_output_side_options_never_loads_the_model_after_the_cache(
     setup: dict, tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
