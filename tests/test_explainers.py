@@ -34,7 +34,14 @@ class ScriptedClient:
     calls: list[dict] = field(default_factory=list)
 
     async def generate(
-        self, messages, *, max_tokens=256, temperature=0.0, logprobs=False, top_logprobs=0
+        self,
+        messages,
+        *,
+        max_tokens=256,
+        temperature=0.0,
+        logprobs=False,
+        top_logprobs=0,
+        schema=None,
     ):  # type: ignore[no-untyped-def]
         self.calls.append({"messages": messages, "max_tokens": max_tokens})
         reply = self.replies.pop(0)

@@ -21,6 +21,7 @@ from llm_test_server import ScriptedLLMServer  # noqa: E402
 
 from autointerp_full.config import RunConfig  # noqa: E402
 from autointerp_full.errors import UserError  # noqa: E402
+from autointerp_full.examples.types import Example, LatentRecord  # noqa: E402
 from autointerp_full.llm import openai_compat  # noqa: E402
 from autointerp_full.llm.base import Completion, TokenLogprob  # noqa: E402
 from autointerp_full.llm.openai_compat import OpenAICompatClient, parse_completion  # noqa: E402
@@ -423,7 +424,6 @@ def test_simulation_through_the_vllm_engine_reads_the_first_token_right(
 ) -> None:
     """The issue's bug: a closed turn made "1:" + "1: 0\\n2: 7" read token 1 as 1.0. The engine
     continues "1:", answers " 0\\n2: 7", and the scorer reads [0, 7]."""
-    from autointerp_full.examples.types import Example, LatentRecord
     from autointerp_full.scorers.simulation import SimulationScorer
 
     engine = stand_in_vllm_engine(tiny_model_dir, " 0\n2: 7")
@@ -513,3 +513,53 @@ def test_transformers_logprobs_include_the_opening_and_finish_reason(tiny_model_
     assert out.logprobs is not None and out.logprobs[0] == TokenLogprob("[", 0.0, {"[": 0.0})
     assert len(out.logprobs) == out.completion_tokens + 1
     assert out.finish_reason == ("length" if out.completion_tokens == 4 else "stop")
+
+
+# ------------------------------------------------------------------ the explainer's answer
+
+
+def test_explainer_answers_have_a_schema_except_cot() -> None:
+    prompts = default_prompts()
+    for explainer in ("default", "single_token", "contrastive", "np_max_act"):
+        schema = answers.explanation_schema(prompts, explainer)
+        assert schema is not None and validates({"explanation": "plural nouns"}, schema)
+        assert not validates({"explanation": ""}, schema)
+    assert answers.explanation_schema(prompts, "cot") is None  # it must reason first
+
+
+def test_parse_explanation_reads_the_json_answer() -> None:
+    from autointerp_full.explainers import parse_explanation
+
+    assert parse_explanation('{"explanation": "the word \\"cat\\"\\nin prose"}') == (
+        'the word "cat" in prose'
+    )
+    # An offline opening in front of a constrained answer does not hide it.
+    assert parse_explanation('[EXPLANATION]: {"explanation": "closing brackets"}') == (
+        "closing brackets"
+    )
+    assert parse_explanation("Reasoning.\n[EXPLANATION]: dates in 1990s") == "dates in 1990s"
+    assert parse_explanation('{"explanation": "  "}') is None
+
+
+def test_explain_sends_the_schema(monkeypatch) -> None:
+    from autointerp_full.explainers import explain
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.schemas: list[Any] = []
+
+        async def generate(self, messages: Any, **kwargs: Any) -> Completion:
+            self.schemas.append(kwargs.get("schema"))
+            return Completion('{"explanation": "the word cat"}', 10, 8, None, "stop")
+
+    example = Example([1, 2], ["the", " cat"], [0.0, 3.0], 2)
+    record = LatentRecord("layers.1", 0, 5, 0.1, 3.0, train=[example], test=[], non_activating=[])
+    prompts = default_prompts()
+    client = Recorder()
+    cfg = RunConfig(explainer_provider="vllm", explainer_api_base_url="http://x:1/v1")
+    result = asyncio.run(explain(record, client, prompts, cfg))
+    assert result.explanation == "the word cat" and result.error is None
+    assert client.schemas == [prompts.schema("explainers.default.system", 1)]
+    cot = RunConfig(**{**cfg.public_dict(), "explainer": "cot"})
+    asyncio.run(explain(record, client, prompts, cot))
+    assert client.schemas[-1] is None

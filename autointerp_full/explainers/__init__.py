@@ -232,6 +232,11 @@ def parse_explanation(answer: str) -> str | None:
     An answer without the marker has no explanation: its last line may be anything (reasoning,
     an apology), so it is not guessed at.
     """
+    from autointerp_full.scorers.answers import json_explanation  # the schema's answer (H5)
+
+    from_json = json_explanation(_THINK.sub("", answer or ""))
+    if from_json is not None:
+        answer = f"[EXPLANATION]: {from_json}"
     text = _THINK.sub("", answer or "")
     lines = [line for line in text.splitlines() if line.strip()]
     for index in range(len(lines) - 1, -1, -1):
@@ -290,12 +295,17 @@ async def explain(
     if opening:
         messages = [*messages, {"role": "assistant", "content": opening}]
         max_tokens = min(max_tokens, OPENED_MAX_TOKENS)
+    from autointerp_full.scorers.answers import explanation_schema  # (H5)
+
     retries = 0
     temperature = 0.0
     while True:
         try:
             completion = await client.generate(
-                messages, max_tokens=max_tokens, temperature=temperature
+                messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                schema=explanation_schema(prompts, explainer),
             )
         except Exception as exc:  # LLMError and provider errors: this latent fails, the run goes on
             error = f"LLM request failed: {type(exc).__name__}: {exc}"

@@ -30,6 +30,28 @@ def answer_schema(prompts: Prompts | None, key: str, n: int) -> dict[str, Any] |
     return schema(key, n) if callable(schema) else None
 
 
+def explanation_schema(prompts: Prompts | None, explainer: str) -> dict[str, Any] | None:
+    """The schema of an explainer's answer ({"explanation": "..."}), or None for `cot`, which
+    must reason before it answers."""
+    if explainer == "cot":
+        return None
+    key = (
+        "explainers.np_max_act.system_concise"
+        if explainer == "np_max_act"
+        else ("explainers.default.system")
+    )
+    return answer_schema(prompts, key, 1)
+
+
+def json_explanation(text: str) -> str | None:
+    """The explanation of a JSON answer ({"explanation": "..."}) on one line, or None."""
+    found = find_json_object(text or "")
+    if found is None:
+        return None
+    value = found[0].get("explanation")
+    return " ".join(value.split()) if isinstance(value, str) and value.strip() else None
+
+
 # --------------------------------------------------------------------------- the JSON itself
 
 
