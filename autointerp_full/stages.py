@@ -163,10 +163,10 @@ def _build_examples(
 
     builder = ExampleBuilder(cfg, reader, examples_dir, latents=latents)
     with Progress(len(todo), f"examples {reader.hookpoint}", "latent") as progress:
-        for latent in todo:
-            record = builder.build(latent)
+        # One pass over the cache's shards; --pipeline_num_proc worker processes.
+        for latent, record, count in builder.build_many(todo):
             if record is None:
-                skipped[str(latent)] = int(builder.last_count)
+                skipped[str(latent)] = int(count)
             else:
                 path = layout.example_file(examples_dir, reader.hookpoint, latent)
                 atomic_write_json(path, prov.stamp(record.to_dict(), inputs))
