@@ -19,7 +19,7 @@ from autointerp_full.errors import UserError
 SCHEMA_DIR = Path(__file__).parent / "schema_files"
 
 # artifact kind -> the schema of each of its files
-KINDS = ("cache", "examples", "explanations", "scores", "summary")
+KINDS = ("cache", "examples", "explanations", "scores", "summary", "output")
 
 
 @cache
@@ -75,6 +75,7 @@ def validate_artifact(kind: str, path: Path) -> None:
         "explanations": _validate_explanations,
         "scores": _validate_scores,
         "summary": _validate_summary,
+        "output": _validate_output,
     }[kind](path)
 
 
@@ -205,3 +206,15 @@ def _validate_summary(path: Path) -> None:
     if not file.exists():
         raise UserError(f"summary artifact {path}: {layout.SUMMARY} is missing")
     check("summary", _read_json(file), str(file))
+
+
+def _validate_output(path: Path) -> None:
+    """Output profiles (issue 13); an empty folder is valid (a run that uses none)."""
+    if path.is_file():
+        files = [(path, *_name_parts(path))]
+    else:
+        files = _latent_files(path, layout.OUTPUT_EXT)
+    for file, hookpoint, latent in files:
+        data = _read_json(file)
+        check("output", data, str(file))
+        _check_names(file, data, hookpoint, latent)

@@ -333,6 +333,7 @@ def run_output(
         validate_artifact("examples", examples)
         output_stage(cfg, examples, Path(output_path), _range(latent_range))
     Path(output_path).mkdir(parents=True, exist_ok=True)
+    validate_artifact("output", Path(output_path))
     found = layout.latent_files(Path(output_path), layout.OUTPUT_EXT)
     return {"profiles": len(list(found))}
 
@@ -360,6 +361,7 @@ def run_explain(
         profiles = None
         if output_uri or output_path:
             profiles = s3.ensure_local(output_uri, output_path, tmp / "output")
+            validate_artifact("output", profiles)
         with llm_config(cfg, serve_in_step) as run_cfg:
             explain_stage(run_cfg, examples, Path(explanations_path), _range(latent_range),
                           output_dir=profiles)  # fmt: skip

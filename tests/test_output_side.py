@@ -394,3 +394,19 @@ def test_output_prompts_can_be_overridden_and_are_checked(tmp_path: Path) -> Non
     bad.write_text("explainers:\n  output:\n    system: 'no placeholder'\n")
     with pytest.raises(UserError, match="explainers.output.system"):
         load_prompts(RunConfig(prompt_override=True, prompt_config_file=str(bad)))
+
+
+def test_output_artifact_schema_rejects_a_damaged_profile(setup: dict, tmp_path: Path) -> None:
+    from autointerp_full import layout
+    from autointerp_full import provenance as prov
+    from autointerp_full.errors import UserError
+    from autointerp_full.schemas import validate_artifact
+
+    profile = prov.stamp(profiles(setup)[CHOSEN], {"examples": prov.ref(None)})
+    path = layout.output_file(tmp_path, HOOKPOINT, CHOSEN)
+    path.write_text(json.dumps(profile))
+    validate_artifact("output", tmp_path)
+    del profile["logit_lens"]["promoted"][0]["token_id"]
+    path.write_text(json.dumps(profile))
+    with pytest.raises(UserError, match="output schema at logit_lens/promoted/0"):
+        validate_artifact("output", tmp_path)
