@@ -30,6 +30,7 @@ OPTIONS: list[list[str]] = [
     ["--non_activating_source", "FAISS"],
     ["--scorers", "simulation", "surprisal", "embedding", "intruder"],
     ["--scorers", "detection", "--log_probs", "--enable_visualization"],
+    ["--explainer", "output", "--scorers", "intervention", "output_detection"],
 ]
 
 
