@@ -542,6 +542,9 @@ CHANCE = {
     "accuracy": "0.5 accuracy with as many activating as non-activating examples",
     "correlation": "0 correlation",
     "auc": "0.5 AUC",
+    # Output side (issue 13).
+    "effect": "0 effect (nats; a random push also lowers common tokens, so compare with the null)",
+    "balanced_accuracy": "0.5 balanced accuracy",
 }
 
 
