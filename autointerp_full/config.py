@@ -256,8 +256,8 @@ class RunConfig:
     log_probs: bool = _opt(False, "Gather log-probabilities from the LLM.", "technical")
     structured_output: str = _opt(
         "auto",
-        "Constrain scorer answers to their JSON schema: auto (where the server or engine "
-        "supports it), on (required; stop if unsupported), off (prompts and parsers only).",
+        "Hold LLM answers (scorers, explainer) to their prompt's JSON schema: auto (where the "
+        "server or engine supports it), on (required; stop if unsupported), off (never).",
         "explainer",
         choices=("auto", "on", "off"),
     )
