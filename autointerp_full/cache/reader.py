@@ -103,12 +103,12 @@ class CacheReader:
 
     def latent(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(locations LongTensor [n, 2] of (row, position), activations FloatTensor [n])."""
+        import numpy as np
         import torch
 
         flat, values = self.latent_flat(i)
-        where = torch.from_numpy(flat)
-        locations = torch.stack([where // self.ctx_len, where % self.ctx_len], 1)
-        return locations, torch.from_numpy(values)
+        locations = np.stack(np.divmod(flat, self.ctx_len), 1)
+        return torch.from_numpy(locations), torch.from_numpy(values)
 
     def iter_latents(
         self, latents: Iterable[int], block: int = BLOCK_ENTRIES

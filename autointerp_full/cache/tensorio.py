@@ -103,16 +103,15 @@ class TensorFile:
         lo = 0 if lo is None else lo
         hi = shape[0] if hi is None else hi
         begin = self.data_start + info["data_offsets"][0] + lo * row
-        raw = bytearray(max(0, hi - lo) * row)
-        if raw:
-            view = memoryview(raw)
-            done = 0
-            while done < len(raw):  # preadv may return less than asked
-                got = os.preadv(self.fd, [view[done:]], begin + done)
-                if not got:
-                    raise OSError(f"unexpected end of file reading {name}")
-                done += got
-        return np.frombuffer(raw, dtype=dtype).reshape(max(0, hi - lo), *shape[1:])
+        out = np.empty((max(0, hi - lo), *shape[1:]), dtype=dtype)
+        view = memoryview(out.reshape(-1)).cast("B")  # read straight into the array
+        done = 0
+        while done < len(view):  # preadv may return less than asked
+            got = os.preadv(self.fd, [view[done:]], begin + done)
+            if not got:
+                raise OSError(f"unexpected end of file reading {name}")
+            done += got
+        return out
 
     def read(self, name: str, lo: int | None = None, hi: int | None = None) -> torch.Tensor:
         """Rows [lo, hi) of tensor `name` as a torch tensor (the index widened to int64)."""
