@@ -158,7 +158,7 @@ def test_steering_raises_the_token_and_the_random_control_does_not(setup: dict) 
 
     cfg = make_cfg(setup)
     record = setup["records"][CHOSEN]
-    steered, control = steering_changes(cfg, record, record.test, [setup["token_id"]])
+    steered, control, _ = steering_changes(cfg, record, record.test, [setup["token_id"]])
     assert len(steered) == len(control) == len(record.test)
     assert min(steered) > 0.8, steered  # the token's log-probability rises on every window
     assert max(control) < 0.5 * min(steered), control

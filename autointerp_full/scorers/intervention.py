@@ -65,8 +65,9 @@ def phrase_token_ids(tokenizer: Any, phrases: list[str]) -> list[dict[str, Any]]
 
 def steering_changes(
     cfg: Any, record: LatentRecord, windows: list[Example], token_ids: list[int]
-) -> tuple[list[float], list[float]]:
-    """(steered change, control change) of the mean log-probability of `token_ids` per window."""
+) -> tuple[list[float], list[float], float]:
+    """(steered change, control change) of the mean log-probability of `token_ids` per window,
+    and the seconds the model ran (loading and waiting for the model left out)."""
     import torch
 
     from autointerp_full.output import sparse_coder, subject_model
@@ -93,6 +94,7 @@ def steering_changes(
     size = max(1, cfg.batch_size)
     steerer = Steerer(model, record.hookpoint, coder)
     with _RUN_LOCK, steerer.attached():
+        started = time.perf_counter()
         for start in range(0, len(windows), size):
             chunk = windows[start : start + size]
             ids, mask, acts = pad_rows([w.tokens for w in chunk], [w.activations for w in chunk],
@@ -107,7 +109,8 @@ def steering_changes(
             idx = target.to(clean.device)
             steered += (steer - clean)[:, idx].mean(dim=1).tolist()
             controlled += (ctrl - clean)[:, idx].mean(dim=1).tolist()
-    return steered, controlled
+        seconds = time.perf_counter() - started
+    return steered, controlled, seconds
 
 
 def effect_metrics(effects: list[float], steered: list[float], control: list[float], seed: int):
@@ -171,11 +174,10 @@ class InterventionScorer(Scorer):
         _, tokenizer = await asyncio.to_thread(self._tokenizer)
         predicted = phrase_token_ids(tokenizer, answer.value)
         token_ids = sorted({i for p in predicted for i in p["token_ids"]})
-        started = time.perf_counter()
-        steered, control = await asyncio.to_thread(
+        steered, control, seconds = await asyncio.to_thread(
             steering_changes, self.cfg, record, windows, token_ids
         )
-        self._seconds[(record.hookpoint, record.latent)] = time.perf_counter() - started
+        self._seconds[(record.hookpoint, record.latent)] = seconds
         effects = [s - c for s, c in zip(steered, control, strict=True)]
         for entry, s, c, e in zip(records, steered, control, effects, strict=True):
             entry.update(prediction=e, steered_logprob_change=s, control_logprob_change=c)

@@ -28,8 +28,9 @@ NEW_TOKENS = 16  # tokens generated per continuation
 
 def generate_pairs(
     cfg: Any, record: LatentRecord, windows: list[Example]
-) -> tuple[list[str], list[str]]:
-    """(steered texts, unsteered texts): one continuation of each window's opening each way."""
+) -> tuple[list[str], list[str], float]:
+    """(steered texts, unsteered texts): one continuation of each window's opening each way,
+    and the seconds the model ran (loading and waiting for the model left out)."""
     import torch
 
     from autointerp_full.output import sparse_coder, subject_model
@@ -47,6 +48,7 @@ def generate_pairs(
     plain: list[list[int]] = []
     steerer = Steerer(model, record.hookpoint, coder)
     with _RUN_LOCK, steerer.attached():
+        started = time.perf_counter()
         for start in range(0, len(windows), size):
             chunk = windows[start : start + size]
             prompts = [list(w.tokens[:PROMPT_TOKENS]) for w in chunk]
@@ -60,12 +62,13 @@ def generate_pairs(
             clamps = torch.full((len(chunk),), clamp_value(record))
             steerer.set(direction.expand(len(chunk), -1), clamps, acts)
             steered += generate(model, prompts, pad, NEW_TOKENS, seed + start)
+        seconds = time.perf_counter() - started
     stop = {pad, tokenizer.eos_token_id}
 
     def text(ids: list[int]) -> str:
         return " ".join(tokenizer.decode([i for i in ids if i not in stop]).split())
 
-    return [text(t) for t in steered], [text(t) for t in plain]
+    return [text(t) for t in steered], [text(t) for t in plain], seconds
 
 
 class OutputDetectionScorer(ClassifierScorer):
@@ -92,9 +95,8 @@ class OutputDetectionScorer(ClassifierScorer):
         self, record: LatentRecord, explanation: str | None, previous: dict[str, Any] | None
     ) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
         windows = [e for e in record.test if e.tokens]
-        started = time.perf_counter()
-        steered, plain = await asyncio.to_thread(generate_pairs, self.cfg, record, windows)
-        self._seconds[(record.hookpoint, record.latent)] = time.perf_counter() - started
+        steered, plain, seconds = await asyncio.to_thread(generate_pairs, self.cfg, record, windows)
+        self._seconds[(record.hookpoint, record.latent)] = seconds
         items = [Item(t, True, e.quantile) for t, e in zip(steered, windows, strict=True)]
         items += [Item(t, False, -1) for t in plain]
         key = (record.hookpoint, record.latent)
