@@ -268,8 +268,8 @@ def _movers(run_a: RunScores, run_b: RunScores, top: int) -> list[dict[str, Any]
     for scorer in sorted(set(run_a.scores) & set(run_b.scores)):
         a, b = run_a.scores[scorer], run_b.scores[scorer]
         for key in sorted(set(a) & set(b)):
-            if a[key].value is None or b[key].value is None:
-                continue
+            if a[key].value is None or b[key].value is None or a[key].value == b[key].value:
+                continue  # failed on a side, or did not move
             ia, ib = _latent_interval(a[key]), _latent_interval(b[key])
             outside = None if ia is None or ib is None else (ia[1] < ib[0] or ib[1] < ia[0])
             moved.append(

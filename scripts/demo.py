@@ -42,12 +42,12 @@ DEMO_SETTINGS = [
 # Chosen by scripts/pick_demo_latents.py: latents on ' statement', ' object', ' class', ' value',
 # ' function', ' method', ' target', ' block' (each fires 300-700 times in the 40,960 tokens).
 DEMO_LATENTS = ["2400", "3738", "2695", "959", "3803", "3893", "4011", "2045"]
-# What the closing lines tell a newcomer beside the table (the table itself says what chance is).
+# The table's own closing line says what chance is and that a capable explainer lifts the
+# scores; the demo adds how to get one.
 EXPLAINER_NOTE = (
-    "This explainer is the 135M-parameter subject model itself, so its explanations mostly "
-    "restate the examples and the scores sit near chance. A capable explainer (e.g. "
-    "--explainer_provider vllm --explainer_model Qwen/Qwen2.5-7B-Instruct, see the README) "
-    "names what each latent detects, and its accuracies rise clearly above the null."
+    "To see what a real explainer changes, rerun with one, e.g. behind a vLLM server: "
+    "python scripts/demo.py --name demo_7b --explainer_provider vllm "
+    "--explainer_api_base_url http://localhost:8002/v1 --explainer_model Qwen/Qwen2.5-7B-Instruct"
 )
 
 
