@@ -1,19 +1,22 @@
 """LLM-stage throughput of the real explain and score stages against a server of known capacity.
 
 Starts the scripted OpenAI-compatible test server with a fixed per-request delay and a
-concurrency cap, so its capacity is exactly cap/delay requests per second. Builds real example
+concurrency cap, so its capacity is exactly cap/delay requests per second; explain requests
+get their own delay (--explain_delay), as an explanation generates about ten times the tokens
+of a scorer's answer and so holds a real server's slot for longer. Builds real example
 files (a synthetic cache of random tokens, no model, then the examples stage), and runs the
 product's explain stage and score stage (autointerp_full.stages, detection and fuzz scorers)
 on them. The ratio is the requests per second each stage achieved over the server's capacity:
 a stage that keeps the server saturated reaches a ratio near 1.0; the target is >= 0.95.
 The stages' own work (prompt building, parsing, writing files) is inside the timing.
 
-    python bench/llm_throughput.py [--latents 200] [--delay 0.2] [--cap 16]
+    python bench/llm_throughput.py [--latents 400] [--explain_delay 2] [--delay 0.5] [--cap 32]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -52,6 +55,18 @@ def make_examples(work: Path, cfg: RunConfig, latents: int) -> Path:
     return stages.examples_stage(cfg, work / "latents", work / "examples")
 
 
+def start_server(delay: float, cap: int) -> subprocess.Popen:
+    """The test server in its own process (own interpreter lock), as a real LLM server is."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "llm_test_server.py"), "--delay", str(delay),
+         "--cap", str(cap), "--responder", "llm_test_server:interp_responder"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])},
+    )  # fmt: skip
+
+
 def server_stats(server: subprocess.Popen) -> dict:
     assert server.stdin is not None and server.stdout is not None
     server.stdin.write("stats\n")
@@ -65,53 +80,55 @@ def main() -> None:
     )
     parser.add_argument("--latents", type=int, default=400, help="latents explained")
     parser.add_argument("--score_latents", type=int, default=40, help="of those, latents scored")
-    parser.add_argument("--delay", type=float, default=0.5, help="server seconds per request")
+    parser.add_argument("--delay", type=float, default=0.5, help="seconds per scorer request")
+    parser.add_argument(
+        "--explain_delay", type=float, default=2.0, help="seconds per explain request"
+    )
     parser.add_argument("--cap", type=int, default=32, help="server concurrency cap")
     parser.add_argument("--concurrency", type=int, default=64, help="--max_concurrent_requests")
     args = parser.parse_args()
 
-    # The server runs in its own process (own interpreter lock), as a real LLM server would.
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "llm_test_server.py"), "--delay", str(args.delay),
-         "--cap", str(args.cap), "--responder", "llm_test_server:interp_responder"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])},
-    )  # fmt: skip
+    servers = {"explain": start_server(args.explain_delay, args.cap),
+               "score": start_server(args.delay, args.cap)}  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="llm_bench_"))
     try:
-        assert server.stdout is not None
-        url = server.stdout.readline().strip()
+        urls = {}
+        for name, server in servers.items():
+            assert server.stdout is not None
+            urls[name] = server.stdout.readline().strip()
         cfg = RunConfig(
             model=str(models.smollm2_gguf_path()),
             hookpoints=[HOOK],
             cache_ctx_len=256,
             explainer_provider="vllm",
-            explainer_api_base_url=url,
+            explainer_api_base_url=urls["explain"],
             explainer_model="test-model",
             max_concurrent_requests=args.concurrency,
             scorers=["detection", "fuzz"],
         )
         examples = make_examples(work, cfg, args.latents)
         n_files = len(list(examples.glob("*_latent_*.json")))
-        capacity = args.cap / args.delay
+        capacities = {"explain": args.cap / args.explain_delay, "score": args.cap / args.delay}
         print(
-            f"server: cap {args.cap}, delay {args.delay:g}s -> {capacity:g} req/s; client "
-            f"--max_concurrent_requests {cfg.max_concurrent_requests}; {n_files} example files; "
-            "the real explain and score stages"
+            f"servers: cap {args.cap}; explain delay {args.explain_delay:g}s -> "
+            f"{capacities['explain']:g} req/s, score delay {args.delay:g}s -> "
+            f"{capacities['score']:g} req/s; client --max_concurrent_requests "
+            f"{cfg.max_concurrent_requests}; {n_files} example files; the real explain and score "
+            "stages"
         )
         print(
             f"{'stage':<8} {'latents':>7} {'requests':>8} {'seconds':>8} {'req/s':>7} {'ratio':>6}"
         )
         ratios = []
         cpu0 = time.process_time()
+        score_cfg = dataclasses.replace(cfg, explainer_api_base_url=urls["score"])
         runs = (
             ("explain", lambda: stages.explain_stage(cfg, examples, work / "explanations")),
-            ("score", lambda: stages.score_stage(
-                cfg, examples, work / "explanations", work / "scores", (0, args.score_latents))),
+            ("score", lambda: stages.score_stage(score_cfg, examples, work / "explanations",
+                                                 work / "scores", (0, args.score_latents))),
         )  # fmt: skip
         for name, run in runs:
+            server, capacity = servers[name], capacities[name]
             before = server_stats(server)["chat_requests"]
             began = time.perf_counter()
             run()
@@ -127,26 +144,29 @@ def main() -> None:
         failures = [
             f"{p.name}: {p.read_text().strip()[:80]}" for p in (work / "scores").rglob("*failure*")
         ]
-        stats = server_stats(server)
-        n_req = stats["chat_requests"]
+        stats = [server_stats(server) for server in servers.values()]
+        n_req = sum(s["chat_requests"] for s in stats)
         print(
-            f"peak requests in flight at the server: {stats['peak_in_flight']} "
-            f"(client limit {cfg.max_concurrent_requests}); failure files: {failures or 'none'}"
+            "peak requests in flight at the servers: "
+            f"{', '.join(str(s['peak_in_flight']) for s in stats)} (client limit "
+            f"{cfg.max_concurrent_requests}); failure files: {failures or 'none'}"
         )
+        server_ms = sum(s["cpu_s"] for s in stats) / n_req * 1000
         print(
             f"CPU per request: stages and client {(time.process_time() - cpu0) / n_req * 1000:.1f}"
-            f" ms, test server {stats['cpu_s'] / n_req * 1000:.1f} ms (load average "
+            f" ms, test server {server_ms:.1f} ms (load average "
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
         )
         print("target ratio >= 0.95:", "met" if min(ratios) >= 0.95 else "NOT met")
     finally:
-        if server.stdin:
-            server.stdin.close()  # EOF stops the server
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        for server in servers.values():
+            if server.stdin:
+                server.stdin.close()  # EOF stops the server
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
