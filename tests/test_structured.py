@@ -539,6 +539,8 @@ def test_parse_explanation_reads_the_json_answer() -> None:
     )
     assert parse_explanation("Reasoning.\n[EXPLANATION]: dates in 1990s") == "dates in 1990s"
     assert parse_explanation('{"explanation": "  "}') is None
+    # llama.cpp's JSON grammar lets a model put raw newlines inside a string.
+    assert parse_explanation('{ "explanation": "dates\n\nand times" }') == "dates and times"
 
 
 def test_explain_sends_the_schema(monkeypatch) -> None:

@@ -60,7 +60,8 @@ def find_json_object(text: str) -> tuple[dict[str, Any], int, int] | None:
 
     Text around it is ignored: a preamble, a code fence, or an answer opening a scorer put in
     front of a constrained completion."""
-    decoder = json.JSONDecoder()
+    # Raw newlines inside strings are allowed: llama.cpp's JSON grammar lets a model write them.
+    decoder = json.JSONDecoder(strict=False)
     start = text.find("{")
     while start != -1:
         try:
