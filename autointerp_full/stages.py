@@ -735,10 +735,14 @@ def score_stage(
     explanations_dir: Path,
     scores_dir: Path,
     latent_range: LatentRange = None,
+    *,
+    output_dir: Path | None = None,
 ) -> Path:
-    """Score latents; explanations are read from `explanations_dir`, never written there."""
+    """Score latents; explanations are read from `explanations_dir`, never written there.
+    `output_dir`: the output profiles, which vouch for the output explainer's explanations."""
     Path(scores_dir).mkdir(parents=True, exist_ok=True)
-    _run_llm(cfg, "score", examples_dir, explanations_dir, scores_dir, latent_range, False)
+    _run_llm(cfg, "score", examples_dir, explanations_dir, scores_dir, latent_range, False,
+             output_dir)  # fmt: skip
     return Path(scores_dir)
 
 

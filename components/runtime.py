@@ -379,7 +379,11 @@ def run_score(
     latent_range: list[int],
     scores_path: str,
     serve_in_step: bool,
+    output_uri: str = "",
+    output_path: str = "",
 ) -> dict[str, Any]:
+    """`output_uri`/`output_path`: the output profiles, which the output explainer's
+    explanations are checked against."""
     from autointerp_full import layout, s3
     from autointerp_full.schemas import validate_artifact
     from autointerp_full.stages import score_stage
@@ -391,8 +395,13 @@ def run_score(
         explanations = s3.ensure_local(explanations_uri, explanations_path, tmp / "x")
         validate_artifact("examples", examples)
         validate_artifact("explanations", explanations)
+        profiles = None
+        if output_uri or output_path:
+            profiles = s3.ensure_local(output_uri, output_path, tmp / "o")
+            validate_artifact("output", profiles)
         with llm_config(cfg, serve_in_step) as run_cfg:
-            score_stage(run_cfg, examples, explanations, Path(scores_path), _range(latent_range))
+            score_stage(run_cfg, examples, explanations, Path(scores_path), _range(latent_range),
+                        output_dir=profiles)  # fmt: skip
     validate_artifact("scores", Path(scores_path))
     n = sum(
         len(list(layout.latent_files(folder, layout.SCORE_EXT)))

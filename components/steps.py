@@ -156,6 +156,7 @@ def score_op(
     config: str,
     examples: Input[Dataset],
     explanations: Input[Dataset],
+    output: Input[Dataset],
     latent_range: list,
     scores: Output[Dataset],
     serve_in_step: bool = False,
@@ -172,6 +173,8 @@ def score_op(
         latent_range,
         scores.path,
         serve_in_step,
+        output.uri,
+        output.path,
     )
     scores.metadata.update(info)
 

@@ -189,6 +189,7 @@ def build_pipeline(opts: BuildOptions = BuildOptions()) -> Any:  # noqa: B008 (f
                 config=shard.config,
                 examples=ex.outputs["examples"],
                 explanations=explain.outputs["explanations"],
+                output=outp.outputs["output"],
                 latent_range=shard.latent_range,
                 serve_in_step=opts.serve_in_step,
             )

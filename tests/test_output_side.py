@@ -291,7 +291,7 @@ def test_cli_output_explainer_and_scorers_then_a_rerun_reuses_everything(
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*_latent_*.*")} == stamps
 
     # The pipeline's output and explain steps (component logic) give the same artifacts.
-    from components.runtime import run_explain, run_output
+    from components.runtime import run_explain, run_output, run_score
 
     steps = tmp_path / "steps"
     examples = str(run / "examples")
@@ -303,6 +303,12 @@ def test_cli_output_explainer_and_scorers_then_a_rerun_reuses_everything(
         }
         run_explain(config, examples, examples, [0, 2], str(steps / "expl"), False,
                     str(steps / "output"), str(steps / "output"))  # fmt: skip
+        # The score step checks the output explainer's explanations against the profiles.
+        expl, outp = str(steps / "expl"), str(steps / "output")
+        info = run_score(config, examples, examples, expl, expl, [0, 2], str(steps / "scores"),
+                         False, outp, outp)  # fmt: skip
+    assert info == {"score_files": 4}
+    assert json.loads((steps / "scores" / "failures.json").read_text()) == {}
     for name in ("output", "expl"):
         folder = run / ("output" if name == "output" else "explanations")
         assert len(list(folder.glob("*_latent_*.*"))) == 2
