@@ -137,6 +137,13 @@ class CacheReader:
                     b = int(offsets[latent - start + 1]) - lo
                     yield latent, flat[a:b], values[a:b]
 
+    def entry_count(self, i: int) -> int:
+        """How many entries latent i has (reads only its shard's offsets)."""
+        shard = self._shard_of(i)
+        offsets = self._shard_offsets(shard)
+        j = i - int(self.shards[shard]["start"])
+        return int(offsets[j + 1] - offsets[j])
+
     def firing_counts(self) -> torch.Tensor:
         """LongTensor [num_latents]: how many cached positions each latent fires on."""
         import torch

@@ -435,19 +435,23 @@ class ExampleBuilder:
         i = self._order.get(latent)
         if i is None:
             return [latent]
-        counts = self._counts()
         block, size = [], 0
         for nxt in self._upcoming[i:]:
-            size += int(counts[nxt])
+            size += self._count(nxt)
             if block and size > BLOCK_ENTRIES:
                 break
             block.append(nxt)
         return block
 
-    def _counts(self) -> np.ndarray:
+    def _count(self, latent: int) -> int:
+        """The latent's number of entries, from its shard's offsets only (a pipeline step
+        holds just the shards of its latent range)."""
+        count = getattr(self.reader, "entry_count", None)
+        if count is not None:
+            return int(count(latent))
         if self._firing is None:
             self._firing = to_numpy(self.reader.firing_counts(), np.int64)
-        return self._firing
+        return int(self._firing[latent])
 
 
 def _can_fork() -> bool:
@@ -479,7 +483,6 @@ def _build_forked(
     global _WORKER
     if builder.cfg.n_non_activating > 0:
         builder.source  # noqa: B018 -- set up (neighbour lists) once, before forking
-    builder._counts()
     builder.decoder.prefill(np.unique(builder.tokens))
     size = max(1, min(BATCH_LATENTS, -(-len(latents) // (4 * procs))))
     batches = [latents[i : i + size] for i in range(0, len(latents), size)]
