@@ -200,7 +200,8 @@ def test_seeded_rng_is_stable_and_distinct() -> None:
 
 
 def test_registry_names_every_scorer() -> None:
-    assert set(SCORERS) == {"detection", "fuzz", "simulation", "surprisal", "embedding", "intruder"}
+    assert set(SCORERS) == {"detection", "fuzz", "simulation", "surprisal", "embedding", "intruder",
+                            "intervention", "output_detection"}  # fmt: skip
     assert SCORERS["intruder"].needs_explanation is False
 
 
