@@ -3,7 +3,6 @@ merge components, in the pipeline's own wiring (pipelines.pipeline), with the ca
 token ranges; the merged cache equals a single process's byte for byte, and each range step's
 artifact holds only its own rows."""
 
-
 import json
 import sys
 from pathlib import Path
