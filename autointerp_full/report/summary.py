@@ -126,16 +126,18 @@ def _load_explanations(
 ) -> dict[LatentKey, prov.Explanation]:
     current: dict[LatentKey, prov.Explanation] = {}
     hand_made = cfg.effective_explainer == "none"
+
+    def _expected(key: LatentKey) -> str:
+        """The fingerprint the current configuration gives this latent's explanation."""
+        output_fp = prov.output_fingerprint(cfg, run.output, *key)
+        return prov.fingerprint(prov.explanation_inputs(cfg, prompts, example_fp[key], output_fp))
+
     for path, hookpoint, latent in layout.latent_files(run.explanations, layout.EXPLANATION_EXT):
         key = (hookpoint, latent)
         side = layout.explanation_provenance_file(run.explanations, hookpoint, latent)
         text = path.read_text(encoding="utf-8")
         recorded = prov.vouched_fingerprint(prov.read_json_or_none(side), text)
-        ok = key in example_fp and (
-            hand_made
-            or recorded == prov.fingerprint(prov.explanation_inputs(cfg, prompts, example_fp[key],
-                prov.output_fingerprint(cfg, run.output, hookpoint, latent)))  # fmt: skip
-        )
+        ok = key in example_fp and (hand_made or recorded == _expected(key))
         if not ok:
             view.left_out["explanations"] += 1
             continue
