@@ -20,10 +20,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from autointerp_full import layout
+from autointerp_full.cli import OneLineParser
 from autointerp_full.errors import UserError
+from autointerp_full.tables import aligned
 
 LATENT_SCORES = "latent_scores.json"  # beside summary.json in the pipeline's summary artifact
 LATENT_SCORES_VERSION = 1
@@ -333,20 +335,6 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
-def _table(rows: list[list[str]], left: Sequence[int]) -> list[str]:
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = []
-    for i, row in enumerate(rows):
-        cells = [
-            cell.ljust(w) if c in left else cell.rjust(w)
-            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return lines
-
-
 def format_comparison(result: dict[str, Any]) -> str:
     """The comparison as plain text: the header counts, the table, the movers."""
     a, b = result["a"], result["b"]
@@ -387,7 +375,7 @@ def format_comparison(result: dict[str, Any]) -> str:
                  _fmt(change["estimate"], True), interval, str(block["n_shared"]),
                  f"{block['a']['n_failed']}/{block['b']['n_failed']}", block["verdict"]]
             )  # fmt: skip
-    lines += [""] + _table(rows, left=(0, 1, 2, 9))
+    lines += [""] + aligned(rows, left=(0, 1, 2, 9))
     lines.append(
         "verdict: 'higher'/'lower' when the bootstrap interval of the paired change (latents "
         "resampled) excludes 0; A and B means are over each run's own scored latents"
@@ -401,7 +389,7 @@ def format_comparison(result: dict[str, Any]) -> str:
                  _fmt(m["change"], True), outside]
             )  # fmt: skip
         lines += ["", f"latents that moved most ({len(result['movers'])}):"]
-        lines += _table(rows, left=(0, 1))
+        lines += aligned(rows, left=(0, 1))
         lines.append(
             "outside intervals: the latent's Wilson intervals (right answers / answered "
             "examples) in A and B do not overlap; n/a for scorers without answer counts"
@@ -474,14 +462,8 @@ def comparison_metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="python -m autointerp_full compare",
         description="Compare the scores of two runs: changes B - A overall and per hookpoint, "
         "with bootstrap intervals over the latents both runs scored.",

@@ -33,9 +33,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from autointerp_full import layout
+from autointerp_full.cli import OneLineParser
 from autointerp_full.errors import UserError
 
 EXPORT_DIR = "export"  # results/<name>/export/, the default output folder
@@ -445,14 +446,8 @@ def export_run(
 
 
 # ------------------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="python -m autointerp_full export",
         description="Export a run's latents as CSV, JSONL and Neuronpedia's export format.",
     )

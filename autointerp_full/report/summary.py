@@ -24,6 +24,7 @@ from autointerp_full.stats import (
     compare_with_null,
     wilson_interval,
 )
+from autointerp_full.tables import aligned
 
 if TYPE_CHECKING:
     from autointerp_full.config import RunConfig
@@ -524,21 +525,6 @@ def _mean_cell(interval: dict[str, Any] | None) -> str:
     return f"{text} n={interval['n']}{missing}"
 
 
-def _columns(rows: list[list[str]], left: set[int]) -> list[str]:
-    """Rows as aligned text, a rule under the header; columns in `left` are left-aligned."""
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = []
-    for i, row in enumerate(rows):
-        cells = [
-            cell.ljust(w) if c in left else cell.rjust(w)
-            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return lines
-
-
 # What a scorer that ignores the explanation gets, per headline metric (for the footnote).
 CHANCE = {
     "accuracy": "0.5 accuracy with as many activating as non-activating examples",
@@ -644,7 +630,7 @@ def print_table(run_dir: Path, cfg: RunConfig, width: int = 50) -> str:
     rows = _latent_rows(view, cfg, width)
     if len(rows) == 1:
         return "no latents scored"
-    lines = _columns(rows, {0, 2})
-    lines += [""] + _columns(_mean_rows(view, cfg), {0, 1, 2})
+    lines = aligned(rows, {0, 2})
+    lines += [""] + aligned(_mean_rows(view, cfg), {0, 1, 2})
     lines += [""] + _footnotes(view, cfg)
     return "\n".join(lines)
