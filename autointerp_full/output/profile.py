@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from autointerp_full.output import STEER_CONTEXTS, STEER_FACTOR, TOP_TOKENS
+from autointerp_full.output.settings import STEER_CONTEXTS, STEER_FACTOR, TOP_TOKENS
 
 if TYPE_CHECKING:
     import torch
