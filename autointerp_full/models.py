@@ -113,13 +113,7 @@ def load_subject_model(
     _LAST_LOADED = None
     kwargs: dict[str, Any] = {"token": token}
     if load_in_8bit:
-        if not device.startswith("cuda"):
-            raise UserError(
-                f"--load_in_8bit: needs a CUDA GPU (device is {device!r}); drop the flag "
-                "to load in full precision"
-            )
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise MissingExtraError("bitsandbytes", "bnb", "--load_in_8bit")
+        check_8bit(device)
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
@@ -242,14 +236,19 @@ def check_device(device: str, load_in_8bit: bool = False) -> str:
     if parsed.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device: {device!r} is not supported (use auto, cpu, cuda, cuda:N)")
     if load_in_8bit:
-        if not resolved.startswith("cuda"):
-            raise UserError(
-                f"--load_in_8bit: needs a CUDA GPU (device is {resolved!r}); drop the flag "
-                "to load in full precision"
-            )
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise MissingExtraError("bitsandbytes", "bnb", "--load_in_8bit")
+        check_8bit(resolved)
     return resolved
+
+
+def check_8bit(device: str) -> None:
+    """--load_in_8bit needs a CUDA device and bitsandbytes."""
+    if not device.startswith("cuda"):
+        raise UserError(
+            f"--load_in_8bit: needs a CUDA GPU (device is {device!r}); drop the flag "
+            "to load in full precision"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MissingExtraError("bitsandbytes", "bnb", "--load_in_8bit")
 
 
 def check_model_source(name: str, *, token: str | None = None, param: str = "model") -> None:

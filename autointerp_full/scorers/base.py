@@ -12,6 +12,7 @@ metric and are counted (`metrics.n_failed`, `metrics.n_failed_batches`); the lat
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import random
@@ -331,6 +332,29 @@ def carried_retries(previous: dict[str, Any] | None, kept: dict[int, Any]) -> in
     if not previous or not kept:
         return 0
     return int((previous.get("metrics") or {}).get("n_retries") or 0)
+
+
+@dataclass
+class Asked(Generic[T]):
+    """A scorer's batches after a (re)run: those kept from `previous`, the new answers, and
+    the re-asks counted so far."""
+
+    kept: dict[int, list[dict[str, Any]]]
+    answers: dict[int, Answer[T]]
+    retries: int
+
+
+async def ask_missing(
+    previous: dict[str, Any] | None,
+    batches: Sequence[Sequence[str]],
+    ask: Callable[[int], Awaitable[Answer[T]]],
+) -> Asked[T]:
+    """Keep the batches of `previous` that were answered on the same texts, and ask the others
+    (`ask(index)`) concurrently."""
+    kept = reusable_answers(previous, batches)
+    todo = [i for i in range(len(batches)) if i not in kept]
+    answers = await asyncio.gather(*(ask(i) for i in todo))
+    return Asked(kept, dict(zip(todo, answers, strict=True)), carried_retries(previous, kept))
 
 
 def reusable_answers(

@@ -4,7 +4,6 @@ describes (fuzz). Both are binary classifiers scored against whether the example
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 from dataclasses import dataclass
@@ -21,14 +20,13 @@ from autointerp_full.scorers.base import (
     Answer,
     Scorer,
     Unreadable,
+    ask_missing,
     auc,
     batch_counts,
     binary_metrics,
-    carried_retries,
     example_text,
     failure_messages,
     list_answer_positions,
-    reusable_answers,
     top_distribution,
 )
 
@@ -163,14 +161,15 @@ class ClassifierScorer(Scorer):
         rng.shuffle(items)
         size = self.cfg.num_examples_per_scorer_prompt
         batches = [items[i : i + size] for i in range(0, len(items), size)]
-        kept = reusable_answers(previous, [[item.text for item in b] for b in batches])
-        todo = [i for i in range(len(batches)) if i not in kept]
-        answers = await asyncio.gather(*(self.ask(explanation or "", batches[i]) for i in todo))
-        asked: dict[int, Answer[BatchAnswer]] = dict(zip(todo, answers, strict=True))
+        done = await ask_missing(
+            previous,
+            [[item.text for item in b] for b in batches],
+            lambda i: self.ask(explanation or "", batches[i]),
+        )
+        kept, asked, retries = done.kept, done.answers, done.retries
 
         records: list[dict[str, Any]] = []
         errors: list[str] = []
-        retries = carried_retries(previous, kept)
         for index, batch in enumerate(batches):
             if index in kept:
                 records += kept[index]

@@ -3,7 +3,6 @@ activating ones? A latent whose activating examples share something clear scores
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -13,10 +12,9 @@ from autointerp_full.scorers.base import (
     Answer,
     Scorer,
     Unreadable,
+    ask_missing,
     batch_counts,
-    carried_retries,
     failure_messages,
-    reusable_answers,
 )
 from autointerp_full.scorers.classifier import fit_pattern
 
@@ -68,14 +66,13 @@ class IntruderScorer(Scorer):
             position = rng.randrange(size)
             shown.insert(position, self.marked(intruder, marks))
             prompts.append((shown, position))
-        kept = reusable_answers(previous, [[shown[p]] for shown, p in prompts])
-        todo = [i for i in range(n_prompts) if i not in kept]
-        answers = await asyncio.gather(*(self.ask(prompts[i][0]) for i in todo))
-        asked: dict[int, Answer[int]] = dict(zip(todo, answers, strict=True))
+        done = await ask_missing(
+            previous, [[shown[p]] for shown, p in prompts], lambda i: self.ask(prompts[i][0])
+        )
+        kept, asked, retries = done.kept, done.answers, done.retries
 
         records: list[dict[str, Any]] = []
         errors: list[str] = []
-        retries = carried_retries(previous, kept)
         for index, (shown, position) in enumerate(prompts):
             if index in kept:
                 records += kept[index]

@@ -3,7 +3,6 @@ every token's activation on a 0-10 scale; the score is the correlation with the 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
@@ -19,14 +18,13 @@ from autointerp_full.scorers.base import (
     Answer,
     Scorer,
     Unreadable,
+    ask_missing,
     batch_counts,
-    carried_retries,
     example_text,
     failure_messages,
     is_constant,
     mean,
     pearson,
-    reusable_answers,
     strip_token,
     top_distribution,
 )
@@ -136,18 +134,15 @@ class SimulationScorer(Scorer):
             (max(e.activations, default=0.0) for e in record.test), default=0.0
         )
         # One example per request: each is a batch of its own.
-        kept = reusable_answers(previous, [[example_text(e)] for e, _ in chosen])
-        todo = [i for i in range(len(chosen)) if i not in kept]
-        answers = await asyncio.gather(
-            *(self.simulate(explanation or "", chosen[i][0]) for i in todo)
+        done = await ask_missing(
+            previous,
+            [[example_text(e)] for e, _ in chosen],
+            lambda i: self.simulate(explanation or "", chosen[i][0]),
         )
-        asked: dict[int, Answer[tuple[list[float], dict[str, Any]]]] = dict(
-            zip(todo, answers, strict=True)
-        )
+        kept, asked, retries = done.kept, done.answers, done.retries
 
         records: list[dict[str, Any]] = []
         errors: list[str] = []
-        retries = carried_retries(previous, kept)
         for index, (example, activating) in enumerate(chosen):
             if index in kept:
                 records += kept[index]
