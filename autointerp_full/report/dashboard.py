@@ -103,12 +103,7 @@ def gather(run: layout.RunLayout, cfg: RunConfig) -> tuple[list[LatentData], Any
     """One LatentData per latent with a current artifact, in (hookpoint, latent) order."""
     view = load_run(run.root, cfg)
     nulls = _null_scores(view)
-    keys = sorted(
-        set(view.examples)
-        | set(view.explanations)
-        | set(view.explanation_failures)
-        | {k for s in view.scores.values() for k in s}
-    )
+    keys = view.latent_keys()
     out = []
     for n, key in enumerate(keys):
         path = view.examples.get(key)

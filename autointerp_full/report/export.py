@@ -105,12 +105,7 @@ def load_run_data(run_dir: Path) -> RunData:
         raise UserError(f"{run.run_config}: {exc}") from None
     view = load_run(run.root, cfg)
     summary = _read(run.summary) if run.summary.is_file() else None
-    keys = sorted(
-        set(view.examples)
-        | set(view.explanations)
-        | set(view.explanation_failures)
-        | {k for files in view.scores.values() for k in files}
-    )
+    keys = view.latent_keys()
     latents = []
     for key in keys:
         record = fp = None

@@ -61,6 +61,16 @@ class RunView:
         default_factory=lambda: {"examples": 0, "explanations": 0, "scores": 0, "null_scores": 0}
     )
 
+    def latent_keys(self) -> list[LatentKey]:
+        """Every latent with a current artifact (examples, explanation, failure or score),
+        in (hookpoint, latent) order."""
+        return sorted(
+            set(self.examples)
+            | set(self.explanations)
+            | set(self.explanation_failures)
+            | {key for files in self.scores.values() for key in files}
+        )
+
 
 def _examples_fingerprints(
     run: layout.RunLayout, cfg: RunConfig, index: dict[str, prov.ExamplesEntry]
