@@ -31,13 +31,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import UserError, one_line
 from .nulls import stream_seed
 from .sparse_inspect import LAYOUTS, is_local, locate_local
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 ACTIVATIONS = ("topk", "relu", "jumprelu")
 # Per-input normalisations applied before encoding (SAELens `normalize_activations`).
@@ -552,6 +555,20 @@ def load_sparse_models(
         if random_seed is not None:
             randomize_weights(coders[hp], random_seed, stream=hp)
     return coders
+
+
+def load_run_coder(cfg: RunConfig, hookpoint: str, device: str = "cpu") -> SparseCoder:
+    """The run's sparse model at `hookpoint` in float32 (with --random_sparse_model, its random
+    weights), for the work after the cache that reads its weights: neighbours, the dashboard,
+    the output side."""
+    coders = load_sparse_models(
+        cfg.sparse_model,
+        [hookpoint],
+        device=device,
+        token=cfg.token,
+        random_seed=cfg.random_sparse_seed,
+    )
+    return coders[hookpoint]
 
 
 def check_dimensions(coder: SparseCoder, hidden_size: int, hookpoint: str) -> None:

@@ -234,19 +234,9 @@ def _cuda_device() -> str:
 
 def _sparse_weight(cfg: RunConfig, hookpoint: str, sparse_coder: Any, kind: str) -> Any:
     if sparse_coder is None:
-        import torch
+        from autointerp_full.sparse import load_run_coder
 
-        from autointerp_full.sparse import load_sparse_models
-
-        loaded = load_sparse_models(
-            cfg.sparse_model,
-            [hookpoint],
-            device="cpu",
-            dtype=torch.float32,
-            token=cfg.token,
-            random_seed=cfg.random_sparse_seed,  # neighbours of the random control's weights
-        )
-        sparse_coder = loaded[hookpoint] if isinstance(loaded, dict) else loaded[0]
+        sparse_coder = load_run_coder(cfg, hookpoint)  # the random control's, when it is one
     return sparse_coder.W_dec if kind == "decoder_similarity" else sparse_coder.W_enc
 
 

@@ -41,17 +41,10 @@ def subject_model(cfg: RunConfig) -> tuple[Any, Any]:
 def sparse_coder(cfg: RunConfig, hookpoint: str, device: Any) -> Any:
     """The run's sparse model at `hookpoint` (its random-weights control with
     --random_sparse_model), loaded once per process and device."""
-    from autointerp_full.sparse import load_sparse_models
+    from autointerp_full.sparse import load_run_coder
 
     key = (cfg.sparse_model, hookpoint, str(device), cfg.random_sparse_seed)
     with _LOCK:
         if key not in _CODERS:
-            coders = load_sparse_models(
-                cfg.sparse_model,
-                [hookpoint],
-                device=str(device),
-                token=cfg.token,
-                random_seed=cfg.random_sparse_seed,
-            )
-            _CODERS[key] = coders[hookpoint]
+            _CODERS[key] = load_run_coder(cfg, hookpoint, str(device))
         return _CODERS[key]

@@ -103,20 +103,10 @@ def decoder_neighbours(
         out.note("decoder", hookpoint, "the sparse model is not available in this step")
         return
     try:
-        import torch
-
         from autointerp_full.examples.neighbours import similarity_neighbours
-        from autointerp_full.sparse import load_sparse_models
+        from autointerp_full.sparse import load_run_coder
 
-        coders = load_sparse_models(
-            cfg.sparse_model,
-            [hookpoint],
-            device="cpu",
-            dtype=torch.float32,
-            token=cfg.token,
-            random_seed=cfg.random_sparse_seed,
-        )
-        weight = coders[hookpoint].W_dec.detach()
+        weight = load_run_coder(cfg, hookpoint).W_dec.detach()
         found = similarity_neighbours(weight, latents, k=N_NEIGHBOURS)
     except (UserError, OSError, RuntimeError, ValueError) as exc:
         out.note("decoder", hookpoint, f"could not load the sparse model ({exc})")
