@@ -37,12 +37,11 @@ import torch
 
 from .errors import UserError, one_line
 from .nulls import stream_seed
-from .sparse_inspect import LAYOUTS, is_local, locate_local
+from .sparse_inspect import ACTIVATIONS, LAYOUTS, is_local, locate_local, sparsify_activation
 
 if TYPE_CHECKING:
     from .config import RunConfig
 
-ACTIVATIONS = ("topk", "relu", "jumprelu")
 # Per-input normalisations applied before encoding (SAELens `normalize_activations`).
 INPUT_NORMS = ("none", "constant_norm_rescale", "layer_norm")
 # Where a model's inputs come from, when the format says so; "mlp_input" needs an MLP hookpoint.
@@ -231,20 +230,7 @@ def load_sparsify(
     cfg = _read_json(folder / "cfg.json")
     t = load_file(str(folder / "sae.safetensors"), device="cpu")
     num_latents, d_in = t["encoder.weight"].shape
-    activation = cfg.get("activation", "topk")
-    if activation not in ACTIVATIONS:
-        raise UserError(
-            f"--sparse_model: activation {activation!r} in {folder / 'cfg.json'} is "
-            f"not supported (supported: {', '.join(ACTIVATIONS)})"
-        )
-    if activation == "jumprelu" and "threshold" not in t:
-        raise UserError(f"--sparse_model: jumprelu model in {folder} has no 'threshold' tensor")
-    for key, value in (("d_in", d_in), ("num_latents", num_latents)):
-        if cfg.get(key) not in (None, 0, value):
-            raise UserError(
-                f"--sparse_model: {folder / 'cfg.json'} says {key}={cfg[key]} but the "
-                f"weights have {value}"
-            )
+    activation = sparsify_activation(cfg, set(t), d_in, num_latents, folder / "cfg.json")
     transcode = bool(cfg.get("transcode", False))
     skip = bool(cfg.get("skip_connection", False)) or "W_skip" in t
     coder = SparseCoder(

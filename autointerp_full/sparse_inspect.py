@@ -268,6 +268,27 @@ def _shape(tensors: dict[str, Any], name: str, ndim: int, path: Any) -> list[int
     return shape
 
 
+def sparsify_activation(
+    cfg: dict[str, Any], names: set[str], d_in: int, num_latents: int, cfg_path: Any
+) -> str:
+    """A sparsify cfg.json's activation, checked against its tensors' names and shapes (the
+    loader and the preflight apply the same rules)."""
+    for key, value in (("d_in", d_in), ("num_latents", num_latents)):
+        if cfg.get(key) not in (None, 0, value):
+            raise UserError(
+                f"--sparse_model: {cfg_path} says {key}={cfg[key]} but the weights have {value}"
+            )
+    activation = str(cfg.get("activation", "topk"))
+    if activation not in ACTIVATIONS:
+        raise UserError(
+            f"--sparse_model: activation {activation!r} in {cfg_path} is not supported "
+            f"(supported: {', '.join(ACTIVATIONS)})"
+        )
+    if activation == "jumprelu" and "threshold" not in names:
+        raise UserError(f"--sparse_model: jumprelu model {cfg_path} has no threshold tensor")
+    return activation
+
+
 def describe(
     layout: str, cfg: dict[str, Any], tensors: dict[str, Any], cfg_path: Any, weights_path: Any
 ) -> dict[str, Any]:
@@ -289,19 +310,7 @@ def describe(
     activation: str | None = None
     transcoder = d_out != d_in
     if layout == "sparsify":
-        for key, value in (("d_in", d_in), ("num_latents", num_latents)):
-            if cfg.get(key) not in (None, 0, value):
-                raise UserError(
-                    f"--sparse_model: {cfg_path} says {key}={cfg[key]} but the weights have {value}"
-                )
-        activation = str(cfg.get("activation", "topk"))
-        if activation not in ACTIVATIONS:
-            raise UserError(
-                f"--sparse_model: activation {activation!r} in {cfg_path} is not supported "
-                f"(supported: {', '.join(ACTIVATIONS)})"
-            )
-        if activation == "jumprelu" and "threshold" not in tensors:
-            raise UserError(f"--sparse_model: jumprelu model {weights_path} has no threshold")
+        activation = sparsify_activation(cfg, set(tensors), d_in, num_latents, cfg_path)
         # As in sparse.load_sparsify: a skip connection maps the module input, so it transcodes.
         skip = bool(cfg.get("skip_connection", False)) or "W_skip" in tensors
         transcoder = transcoder or bool(cfg.get("transcode", False)) or skip
