@@ -12,11 +12,9 @@ if TYPE_CHECKING:
     from autointerp_full.config import RunConfig
 
 
-def write_html_report(run_dir: Path, cfg: RunConfig, max_examples: int = 10) -> Path:
+def write_html_report(run_dir: Path, cfg: RunConfig) -> Path:
     """Write run_dir/report/ (index.html, one page per latent, standalone.html) and return
-    report/index.html. Needs no extra: the charts are hand-written SVG. `max_examples` is kept
-    for callers of the earlier single-page report; the dashboard shows every example."""
+    report/index.html. Needs no extra: the charts are hand-written SVG."""
     from autointerp_full.report.dashboard import write_dashboard
 
-    del max_examples
     return write_dashboard(Path(run_dir), cfg)
