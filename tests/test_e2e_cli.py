@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -211,3 +212,57 @@ def test_failed_scores_are_retried_on_rerun(
         data = json.loads(path.read_text())
         assert data["error"] is None and not data["incomplete"], data
     assert {p: p.stat().st_mtime_ns for p in explained} == explained
+
+
+def tree_bytes(run: Path) -> dict[str, bytes]:
+    """Every file of a run's cache and derived artifacts, by relative path. Usage files (they
+    hold wall-clock seconds), the summary and run_config.json are not results."""
+    out = {}
+    for folder in ("latents", "examples", "explanations", "scores"):
+        for path in sorted((run / folder).rglob("*")):
+            if path.is_file() and path.name != ".usage.json":
+                out[str(path.relative_to(run))] = path.read_bytes()
+    return out
+
+
+def kill_during_cache(args: list[str], run: Path, delay: float) -> bool:
+    """Start the CLI, SIGKILL it `delay` s after its cache build began (the staging folder
+    appears once the model, sparse model and dataset have loaded); True if the cache was then
+    still incomplete."""
+    shutil.rmtree(run, ignore_errors=True)
+    proc = subprocess.Popen([sys.executable, "-m", "autointerp_full", *args])
+    staging = run / "latents" / ".staging"
+    deadline = time.monotonic() + 120
+    while not staging.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return not (run / "latents" / "layers.1" / "config.json").exists()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_in_the_cache_then_rerun_gives_the_uninterrupted_outputs(
+    tmp_path, tiny_model_dir, tiny_sae_dir, tiny_corpus, server, seed
+):
+    """kill -9 at a random instant of the model pass or the merge; after the rerun the cache
+    and every output are byte-identical to an uninterrupted run's, with no temp file left."""
+    args = base_args(tiny_model_dir, tiny_sae_dir, tiny_corpus, tmp_path, server.url)
+    # More tokens in single-row batches: a model pass long enough to be cut.
+    args += ["--scorers", "detection", "--n_tokens", "16384", "--batch_size", "1"]
+    assert main([*args, "--name", "ref"]) == 0
+    run = tmp_path / "k"
+    rng = random.Random(seed)
+    # A fast machine may finish the pass before the kill lands: try again, sooner.
+    cut = any(
+        kill_during_cache([*args, "--name", "k"], run, rng.uniform(0.0, 0.2) / (1 + attempt))
+        for attempt in range(5)
+    )
+    assert cut, "every kill came after the cache was complete"
+    assert (
+        subprocess.run([sys.executable, "-m", "autointerp_full", *args, "--name", "k"]).returncode
+        == 0
+    )
+    assert tree_bytes(run) == tree_bytes(tmp_path / "ref")
+    leftovers = [p for p in run.rglob("*") if p.name.endswith(".tmp") or p.name == ".staging"]
+    assert not leftovers
