@@ -698,11 +698,11 @@ def test_one_pass_and_forked_records_equal_per_latent_reads(tmp_path: Path) -> N
     assert records(real) == want
     assert len(reads) < len(latents)  # several latents per read
     for proc in (2, 3):
-        import autointerp_full.examples as ex
+        import autointerp_full.examples.builder as bl
 
-        old = ex.PARALLEL_MIN_LATENTS
-        ex.PARALLEL_MIN_LATENTS = 1
+        old = bl.PARALLEL_MIN_LATENTS
+        bl.PARALLEL_MIN_LATENTS = 1
         try:
             assert records(real, pipeline_num_proc=proc) == want
         finally:
-            ex.PARALLEL_MIN_LATENTS = old
+            bl.PARALLEL_MIN_LATENTS = old

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 NON_ACTIVATING = -1  # the `quantile` of a window where the latent never fires
 
@@ -89,4 +92,47 @@ class LatentRecord:
             test=[Example.from_dict(e) for e in data.get("test", [])],
             non_activating=[Example.from_dict(e) for e in data.get("non_activating", [])],
             contrast=[Example.from_dict(e) for e in data.get("contrast", [])],
+        )
+
+
+@dataclass
+class LatentWindows:
+    """A latent's record as arrays, as the builder makes it: one row per window, the sections
+    (train, test, non_activating, contrast) one after another. The examples stage writes its
+    file straight from these; `record()` gives the LatentRecord the other stages use."""
+
+    hookpoint: str
+    latent: int
+    n_activating: int
+    firing_rate: float
+    max_activation: float
+    tokens: np.ndarray  # (windows, length) token ids
+    str_tokens: np.ndarray  # (windows, length) object array of texts
+    activations: np.ndarray  # (windows, length) float64, to 4 decimals
+    quantiles: list[int]
+    sections: dict[str, int]  # section name -> its number of windows, in order
+
+    def spans(self) -> Iterator[tuple[str, int, int]]:
+        """(section, first row, end row) of each section."""
+        start = 0
+        for name, n in self.sections.items():
+            yield name, start, start + n
+            start += n
+
+    def record(self) -> LatentRecord:
+        ids, texts, values = (
+            self.tokens.tolist(), self.str_tokens.tolist(), self.activations.tolist()
+        )  # fmt: skip
+        examples = [
+            Example(tokens=t, str_tokens=s, activations=a, quantile=q)
+            for t, s, a, q in zip(ids, texts, values, self.quantiles, strict=True)
+        ]
+        parts = {name: examples[a:b] for name, a, b in self.spans()}
+        return LatentRecord(
+            hookpoint=self.hookpoint,
+            latent=self.latent,
+            n_activating=self.n_activating,
+            firing_rate=self.firing_rate,
+            max_activation=self.max_activation,
+            **parts,
         )

@@ -99,6 +99,23 @@ class LatentActivations:
         out[self.flat[index] - (row * self.ctx_len + start)] = self.values[index]
         return out
 
+    def dense_windows(self, rows: Any, starts: Any, length: int) -> np.ndarray:
+        """window_activations of many windows at once: a (len(rows), length) array."""
+        rows, starts = np.asarray(rows, np.int64), np.asarray(starts, np.int64)
+        out = np.zeros((len(rows), length), np.float32)
+        if len(rows) == 0 or len(self) == 0:
+            return out
+        lo, hi = self._bounds(rows, starts, length)
+        counts = hi - lo
+        if not counts.any():
+            return out
+        window = np.repeat(np.arange(len(rows)), counts)
+        # The entries of every window, one after another: lo[w], lo[w] + 1, ..., hi[w] - 1.
+        entry = np.arange(int(counts.sum())) + np.repeat(lo - (np.cumsum(counts) - counts), counts)
+        begin = rows * self.ctx_len + starts
+        out[window, self.flat[entry] - begin[window]] = self.values[entry]
+        return out
+
     def active(self, rows: Any, starts: Any, length: int) -> np.ndarray:
         """Bool mask: does the latent fire anywhere in each window?"""
         lo, hi = self._bounds(rows, starts, length)
@@ -132,78 +149,62 @@ def _descending(values: np.ndarray) -> np.ndarray:
     return np.uint64(0xFFFFFFFF) - ascending
 
 
-def _strongest_first_by_row(acts: LatentActivations) -> np.ndarray:
-    """Activation indices grouped by row, strongest first within a row, ties by position.
-
-    One sort of unique 64-bit keys (row, strength, position) when they fit, else a lexsort.
-    """
-    n_tokens = int(acts.flat[-1]) + 1
-    pos_bits = max(1, (acts.ctx_len - 1).bit_length())
-    if n_tokens.bit_length() + 32 > 64:
-        return np.lexsort((-acts.values, acts.rows))
-    rows = acts.rows.astype(np.uint64) << np.uint64(32 + pos_bits)
-    strength = _descending(acts.values) << np.uint64(pos_bits)
-    key = rows | strength | acts.positions.astype(np.uint64)
-    return np.argsort(key)
-
-
 def centred_windows(acts: LatentActivations, length: int) -> Windows:
     """One window per activation peak, strongest first, centred on the peak and clamped to the row.
 
     Windows never overlap: activations are taken strongest first (ties: earlier token first);
     one already inside a window is covered by it; one outside gets its own window, shifted
-    into the free gap, or none when the gap is too small. Rows do not interact, so every row
-    is served at once: round t takes each row's t-th strongest activation.
+    into the free gap, or none when the gap is too small. A passed-over activation can never
+    get a window later, and a window splits its gap into two that never interact, so every gap
+    of every row is served at once: each round places a window at each gap's strongest
+    activation, then drops the activations the new windows cover or leave too little room.
     """
     ctx = acts.ctx_len
     length = min(length, ctx)
     if len(acts) == 0:
         return Windows.empty()
-    # Grouped by row, strongest first within a row (ties: earlier token first, as the
-    # stable global order by strength has them).
-    by_row = _strongest_first_by_row(acts)
-    rows, positions = acts.rows[by_row], acts.positions[by_row]
-    row_ids, first, counts = np.unique(rows, return_index=True, return_counts=True)
-    slot = np.arange(len(rows)) - np.repeat(first, counts)  # the activation's turn in its row
-    # Per row the window starts taken so far, ascending, padded with ctx (no window there).
-    width = ctx // length + 1
-    taken = np.full((len(row_ids), width), ctx, np.int64)
-    n_taken = np.zeros(len(row_ids), np.int64)
-    # Activations round by round (slot fits 16 bits for any sane ctx: a radix sort).
-    order = np.argsort(slot.astype(np.uint16) if ctx < 2**16 else slot, kind="stable")
-    cuts = np.searchsorted(slot[order], np.arange(int(slot.max()) + 2))
-    row_index = np.repeat(np.arange(len(row_ids)), counts)[order]
-    positions, source = positions[order], by_row[order]
-    made_source, made_row, made_start = [], [], []
-    for t in range(len(cuts) - 1):
-        a, b = int(cuts[t]), int(cuts[t + 1])
-        r, pos = row_index[a:b], positions[a:b]
-        if t == 0:  # a row's strongest activation always gets a window
-            lo, hi, ok = np.zeros_like(pos), np.full_like(pos, ctx), slice(None)
-        else:
-            starts = taken[r]
-            k = (starts <= pos[:, None]).sum(1)
-            at = np.arange(len(r))
-            lo = np.where(k > 0, starts[at, np.maximum(k - 1, 0)] + length, 0)
-            hi = starts[at, np.minimum(k, width - 1)]
-            ok = ((k == 0) | (pos >= lo)) & (hi - lo >= length)
-            if not ok.any():
-                continue
-            r, pos, lo, hi = r[ok], pos[ok], lo[ok], hi[ok]
-        start = np.minimum(np.maximum(pos - length // 2, lo), hi - length)
-        taken[r, n_taken[r]] = start  # one activation per row per round: no clashes
-        n_taken[r] += 1
-        if t:
-            taken[r] = np.sort(taken[r], axis=1)
-        made_source.append(source[a:b][ok])
-        made_row.append(row_ids[r])
+    # The candidates in token order (grouped by row, then by free gap), each with its gap
+    # [lo, hi), all as flat token indices (a gap never crosses a row's end).
+    # 32-bit indices where they fit: the rounds are bound by memory traffic.
+    small = np.int32 if int(acts.flat[-1]) + ctx < 2**31 else np.int64
+    flat, value = acts.flat.astype(small), acts.values
+    lo = flat - flat % small(ctx)
+    hi = lo + small(ctx)
+    made_flat: list[np.ndarray] = []
+    made_value: list[np.ndarray] = []
+    made_start: list[np.ndarray] = []
+    while len(flat):
+        new_gap = np.empty(len(flat), bool)
+        new_gap[0] = True
+        np.not_equal(lo[1:], lo[:-1], out=new_gap[1:])
+        gap = np.cumsum(new_gap, dtype=small) - 1
+        best = np.flatnonzero(value == np.maximum.reduceat(value, np.flatnonzero(new_gap))[gap])
+        best = best[np.r_[True, gap[best][1:] != gap[best][:-1]]]  # earliest of a gap's ties
+        start = np.minimum(
+            np.maximum(flat[best] - small(length // 2), lo[best]), hi[best] - small(length)
+        )
+        made_flat.append(flat[best])
+        made_value.append(value[best])
         made_start.append(start)
-    made = np.concatenate(made_source)
+        # Every gap got a window: split it, and drop what the window covers or leaves too short.
+        cut = start[gap]
+        left = flat < cut
+        cut_end = cut + small(length)
+        right = flat >= cut_end
+        np.copyto(hi, cut, where=left)
+        np.copyto(lo, cut_end, where=right)
+        keep = np.flatnonzero((left | right) & (hi - lo >= length))
+        flat, value, lo, hi = flat[keep], value[keep], lo[keep], hi[keep]
     # Windows in the order of the activations that made them: strongest first, ties by token.
-    out = np.argsort((_descending(acts.values[made]) << np.uint64(32)) | made.astype(np.uint64))
-    r = np.concatenate(made_row)[out]
-    s = np.concatenate(made_start)[out]
-    return Windows(r, s, acts.window_max(r, s, length))
+    peaks, peak_tokens = np.concatenate(made_value), np.concatenate(made_flat)
+    if int(acts.flat[-1]) < 2**32:
+        key = (_descending(peaks) << np.uint64(32)) | peak_tokens.astype(np.uint64)
+        out = np.argsort(key)
+    else:
+        out = np.lexsort((peak_tokens, -peaks))
+    starts = np.concatenate(made_start).astype(np.int64)[out]
+    # A window holds only activations of its own gap, the strongest of which made it.
+    return Windows(starts // ctx, starts % ctx, peaks[out])
 
 
 def fixed_windows(acts: LatentActivations, length: int) -> Windows:
