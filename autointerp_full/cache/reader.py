@@ -87,6 +87,18 @@ class CacheReader:
         check_tokens_file(path, n_seqs, self.ctx_len, config_token_code(self.config))
         return load_tokens(path)
 
+    def tokens_array(self) -> np.ndarray:
+        """The token rows [n_seqs, ctx_len] as numpy, in their stored dtype (uint16 for most
+        vocabularies: half the memory of tokens())."""
+        path = self.path / TOKENS_FILE
+        n_seqs = int(self.config["n_seqs"])
+        check_tokens_file(path, n_seqs, self.ctx_len, config_token_code(self.config))
+        handle = TensorFile(path)
+        try:
+            return handle.array("tokens")
+        finally:
+            handle.close()
+
     def latent_flat(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(flat token indices int64 [n], ascending; activations float32 [n]) of latent i."""
         import numpy as np

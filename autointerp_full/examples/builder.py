@@ -187,7 +187,9 @@ class ExampleBuilder:
         self.cfg = cfg
         self.reader = reader
         self.hookpoint = hookpoint_of(reader)
-        self.tokens = to_numpy(reader.tokens())
+        # The stored dtype where the reader offers it: every worker shares these pages.
+        tokens_array = getattr(reader, "tokens_array", None)
+        self.tokens = tokens_array() if tokens_array else to_numpy(reader.tokens())
         if tokenizer is None:
             # The model that built the cache (a .gguf path keeps its file name there).
             config = getattr(reader, "config", {}) or {}

@@ -64,9 +64,10 @@ class FaissSource:
         total = n_rows * n_blocks
         keys = np.sort(rng.choice(total, size=min(pool_size, total), replace=False))
         self.rows, self.starts = keys // n_blocks, (keys % n_blocks) * length
+        # int32 whatever the stored dtype, so the embeddings' key stays the same.
         pool_tokens = np.stack(
             [tokens[r, s : s + length] for r, s in zip(self.rows, self.starts, strict=True)]
-        )
+        ).astype(np.int32)
         self.vectors = self._embeddings(pool_tokens, texts_of, cache_dir, hookpoint, overwrite)
         self.index = build_index(self.vectors)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autointerp_full import layout
+from autointerp_full.examples.files import read_examples_file
 from autointerp_full.io import read_json
 from autointerp_full.report.dashboard_data import (
     BASE_COLUMNS,
@@ -333,7 +334,7 @@ def _latent_pages(
     output_found = 0
     for d in latents:
         key = (d.hookpoint, d.latent)
-        d.record = read_json(d.examples_path) if d.examples_path is not None else None
+        d.record = read_examples_file(d.examples_path) if d.examples_path is not None else None
         rows.append(index_row(d, scorers))
         hist = derived.histograms.get(key)
         source = "cache"
