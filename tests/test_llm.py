@@ -399,3 +399,21 @@ def test_offline_continues_an_assistant_prefix(tiny_model_dir):
     tail = engine.tokenizer("[1", add_special_tokens=False)["input_ids"]
     assert prefixed[: len(plain)] == plain
     assert prefixed[len(plain) :] == tail
+
+
+def test_tls_context_is_built_once_per_certificate_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The model check, every probe attempt and the pool's lanes share one TLS context (each
+    costs ~0.1 s of CPU to build); a changed SSL_CERT_FILE gets its own."""
+    import certifi
+
+    from autointerp_full.llm import openai_compat
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    default = openai_compat._tls_context()
+    assert openai_compat._tls_context() is default
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    own = openai_compat._tls_context()
+    assert own is not default and openai_compat._tls_context() is own
