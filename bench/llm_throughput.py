@@ -10,6 +10,12 @@ on them. The ratio is the requests per second each stage achieved over the serve
 a stage that keeps the server saturated reaches a ratio near 1.0; the target is >= 0.95.
 The stages' own work (prompt building, parsing, writing files) is inside the timing.
 
+Beside each ratio is its ceiling: the best ratio any client could reach for the same requests on
+this server. Requests all last one delay, so they run in whole rounds of `cap` (a last round
+only partly full wastes the rest), and the structured-output probe (one request per
+response_format style, one style after another: this server honours neither) must answer before
+any request with a schema goes out. A short run is far from 1.0 for those reasons alone.
+
     python bench/llm_throughput.py [--latents 400] [--explain_delay 2] [--delay 0.5] [--cap 32]
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -31,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from autointerp_full import models, stages  # noqa: E402
+from autointerp_full import layout, models, stages  # noqa: E402
 from autointerp_full.config import RunConfig  # noqa: E402
 from autointerp_full.examples import load_tokenizer  # noqa: E402
 
@@ -72,6 +79,21 @@ def server_stats(server: subprocess.Popen) -> dict:
     server.stdin.write("stats\n")
     server.stdin.flush()
     return json.loads(server.stdout.readline())
+
+
+def attempts(usage_file: Path) -> int:
+    """Requests the stage's generate() calls sent (usage.json): each call's first attempt,
+    whether it succeeded or failed, and its retries. Server requests beyond these are probes."""
+    usage = json.loads(usage_file.read_text())
+    counts = [v for v in usage.values() if isinstance(v, dict)]
+    return sum(c["requests"] + c["failures"] + c["retries"] for c in counts)
+
+
+def ceiling(requests: int, probes: int, cap: int, delay: float) -> float:
+    """The best ratio for `requests` of one `delay` each on `cap` slots when `probes` of them run
+    one after another before the others, which then take whole rounds of `cap`."""
+    rounds = probes + math.ceil((requests - probes) / cap)
+    return requests / (rounds * delay) / (cap / delay)
 
 
 def main() -> None:
@@ -117,7 +139,8 @@ def main() -> None:
             "stages"
         )
         print(
-            f"{'stage':<8} {'latents':>7} {'requests':>8} {'seconds':>8} {'req/s':>7} {'ratio':>6}"
+            f"{'stage':<8} {'latents':>7} {'requests':>8} {'probes':>6} {'seconds':>8} "
+            f"{'req/s':>7} {'ratio':>6} {'ceiling':>7}"
         )
         ratios = []
         cpu0 = time.process_time()
@@ -127,6 +150,9 @@ def main() -> None:
             ("score", lambda: stages.score_stage(score_cfg, examples, work / "explanations",
                                                  work / "scores", (0, args.score_latents))),
         )  # fmt: skip
+        usage_files = {"explain": layout.usage_file(work / "explanations"),
+                       "score": layout.usage_file(work / "scores")}  # fmt: skip
+        delays = {"explain": args.explain_delay, "score": args.delay}
         for name, run in runs:
             server, capacity = servers[name], capacities[name]
             before = server_stats(server)["chat_requests"]
@@ -137,9 +163,11 @@ def main() -> None:
             rate = requests / elapsed
             ratios.append(rate / capacity)
             n = n_files if name == "explain" else args.score_latents
+            probes = requests - attempts(usage_files[name])
+            best = ceiling(requests, probes, args.cap, delays[name])
             print(
-                f"{name:<8} {n:>7} {requests:>8} {elapsed:>8.2f} {rate:>7.1f} "
-                f"{rate / capacity:>6.2f}"
+                f"{name:<8} {n:>7} {requests:>8} {probes:>6} {elapsed:>8.2f} {rate:>7.1f} "
+                f"{rate / capacity:>6.2f} {best:>7.2f}"
             )
         failures = [
             f"{p.name}: {p.read_text().strip()[:80]}" for p in (work / "scores").rglob("*failure*")
