@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from autointerp_full import provenance as prov
 from autointerp_full.config import RunConfig
 from autointerp_full.io import atomic_write_json, atomic_write_text, read_json
 from autointerp_full.layout import LatentRange, latent_stem, select_latents
+from autointerp_full.llm.bounded import run_bounded
 from autointerp_full.logs import Progress
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPLAIN_STAGE = "explain"  # the LLM client's stage name for explanations; scorers use their own
+# Threads that read the LLM stages' example files: parsing holds the interpreter lock, so more
+# would only compete with the event loop; two let one file's disk wait overlap another's parse.
+READER_THREADS = 2
 
 
 # ---------------------------------------------------------------------------- cache
@@ -132,6 +136,8 @@ def _examples_reason(
     overwrite: str | None,
 ) -> str | None:
     """Why this latent's examples must be built, or None when its file or skip is current."""
+    from autointerp_full.examples.files import read_examples_file
+
     if overwrite:
         return overwrite
     if str(latent) in skipped:
@@ -141,8 +147,8 @@ def _examples_reason(
         if prov.peek_fingerprint(path) == fp:
             return None
         try:
-            recorded = prov.recorded_inputs(read_json(path))
-        except (OSError, json.JSONDecodeError):
+            recorded = prov.recorded_inputs(read_examples_file(path))
+        except (OSError, ValueError):
             return "unreadable file"
         return prov.reason_changed(recorded, inputs)
     if str(latent) in old_skips and old is not None:
@@ -160,16 +166,22 @@ def _build_examples(
     skipped: dict[str, int],
 ) -> None:
     from autointerp_full.examples import ExampleBuilder
+    from autointerp_full.examples.files import write_windows
+    from autointerp_full.examples.types import LatentWindows
 
     builder = ExampleBuilder(cfg, reader, examples_dir, latents=latents)
+    stamp = prov.stamp({}, inputs)
+
+    def write(built: LatentWindows) -> None:
+        path = layout.example_file(examples_dir, built.hookpoint, built.latent)
+        write_windows(path, built, stamp)
+
     with Progress(len(todo), f"examples {reader.hookpoint}", "latent") as progress:
-        # One pass over the cache's shards; --pipeline_num_proc worker processes.
-        for latent, record, count in builder.build_many(todo):
-            if record is None:
+        # One pass over the cache's shards; --pipeline_num_proc worker processes, each
+        # writing the files of the latents it builds.
+        for latent, written, count in builder.write_many(todo, write):
+            if not written:
                 skipped[str(latent)] = int(count)
-            else:
-                path = layout.example_file(examples_dir, reader.hookpoint, latent)
-                atomic_write_json(path, prov.stamp(record.to_dict(), inputs))
             progress.update()
 
 
@@ -184,28 +196,11 @@ class LoadedExamples:
 def load_examples(
     cfg: RunConfig, examples_dir: Path, latent_range: LatentRange = None
 ) -> list[LoadedExamples]:
-    """The current example files of the run's hookpoints and latents, in a stable order.
-
-    A file whose fingerprint is not the one examples/skipped.json records for its hookpoint
-    was made under another configuration and is left out (and counted in the log)."""
-    from autointerp_full.examples.types import LatentRecord
-
-    index = prov.read_examples_index(layout.skipped_file(examples_dir))
-    loaded, stale = [], 0
-    for path, hookpoint, latent in layout.latent_files(Path(examples_dir), layout.EXAMPLE_EXT):
-        if not layout.is_selected(cfg, hookpoint, latent, latent_range):
-            continue
-        data = read_json(path)
-        fp = prov.recorded_fingerprint(data)
-        entry = index.get(hookpoint)
-        if entry is not None and entry.fingerprint is not None and fp != entry.fingerprint:
-            stale += 1
-            continue
-        loaded.append(LoadedExamples(LatentRecord.from_dict(data), fp))
-    if stale:
-        log.info("%d example files of another configuration left out", stale)
-    loaded.sort(key=lambda x: (cfg.hookpoints.index(x.record.hookpoint), x.record.latent))
-    return loaded
+    """The current example files of the run's hookpoints and latents (list_example_files),
+    read now, in a stable order. A file whose fingerprint is not the one examples/skipped.json
+    records for its hookpoint was made under another configuration and is left out."""
+    files = list_example_files(cfg, examples_dir, latent_range)
+    return [x for x in map(read_example_file, files) if x is not None]
 
 
 def load_records(
@@ -213,6 +208,64 @@ def load_records(
 ) -> list[LatentRecord]:
     """The current examples' records (see load_examples)."""
     return [x.record for x in load_examples(cfg, examples_dir, latent_range)]
+
+
+@dataclass(frozen=True)
+class ExampleFile:
+    """A current example file, listed but not read yet (see list_example_files)."""
+
+    path: Path
+    hookpoint: str
+    latent: int
+    fingerprint: str | None  # the one examples/skipped.json records for the hookpoint, if any
+
+    @property
+    def key(self) -> layout.LatentKey:
+        return (self.hookpoint, self.latent)
+
+
+def list_example_files(
+    cfg: RunConfig, examples_dir: Path, latent_range: LatentRange = None
+) -> list[ExampleFile]:
+    """The current example files, read no further than their heads, sorted by hookpoint and
+    latent.
+
+    The LLM stages read each file when its latent's turn comes (read_example_file), so their
+    first request goes out at once rather than after every file is parsed, and memory holds
+    only the latents in flight. A file is current when its fingerprint is the one skipped.json
+    records for its hookpoint; it is read from the head (provenance.peek_fingerprint), and from
+    the whole file where the head does not hold that fingerprint."""
+    from autointerp_full.examples.files import read_examples_file
+
+    index = prov.read_examples_index(layout.skipped_file(examples_dir))
+    files, stale = [], 0
+    for path, hookpoint, latent in layout.latent_files(Path(examples_dir), layout.EXAMPLE_EXT):
+        if not layout.is_selected(cfg, hookpoint, latent, latent_range):
+            continue
+        entry = index.get(hookpoint)
+        expected = entry.fingerprint if entry is not None else None
+        if expected is not None and prov.peek_fingerprint(path) != expected:
+            if prov.recorded_fingerprint(read_examples_file(path)) != expected:
+                stale += 1
+                continue
+        files.append(ExampleFile(path, hookpoint, latent, expected))
+    if stale:
+        log.info("%d example files of another configuration left out", stale)
+    files.sort(key=lambda f: (cfg.hookpoints.index(f.hookpoint), f.latent))
+    return files
+
+
+def read_example_file(file: ExampleFile) -> LoadedExamples | None:
+    """The listed file's record and fingerprint; None if it was rewritten under another
+    configuration since it was listed."""
+    from autointerp_full.examples.files import read_examples_file
+    from autointerp_full.examples.types import LatentRecord
+
+    data = read_examples_file(file.path)
+    fp = prov.recorded_fingerprint(data)
+    if file.fingerprint is not None and fp != file.fingerprint:
+        return None
+    return LoadedExamples(LatentRecord.from_dict(data), fp)
 
 
 # ------------------------------------------------------------------ explain & score
@@ -264,12 +317,17 @@ class LLMWork:
     handled: set[str] = field(default_factory=set)
     outcome: ScoreOutcome = field(default_factory=ScoreOutcome)
     _scorers: dict[str, Any] = field(default_factory=dict)
-    # --null_baseline shuffled: {source latent: (target latent's examples)}; see plan_nulls.
-    null_targets: dict[layout.LatentKey, LoadedExamples] = field(default_factory=dict)
+    # --null_baseline shuffled: {source latent: target latent's examples file}; see plan_nulls.
+    null_targets: dict[layout.LatentKey, ExampleFile] = field(default_factory=dict)
     null_tallies: dict[str, prov.Tally] = field(default_factory=dict)
     null_outcome: ScoreOutcome = field(default_factory=ScoreOutcome)
     null_without_source: int = 0  # nulls not scored: the source's explanation is missing
     _null_scorers: dict[str, Any] = field(default_factory=dict)
+    _reader: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(
+            max_workers=READER_THREADS, thread_name_prefix="examples-read"
+        )
+    )
 
     def __post_init__(self) -> None:
         from autointerp_full.prompts import load_prompts
@@ -429,6 +487,23 @@ class LLMWork:
             return old, "incomplete before"
         return None, None
 
+    async def read(self, file: ExampleFile) -> LoadedExamples | None:
+        """read_example_file on threads of its own. Off the event loop: at the start every
+        worker reads a file, and on the loop those reads would hold back the first request.
+        Not in the default executor: the structured-output probe, which the first request waits
+        on, would queue there behind them."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, read_example_file, file)
+
+    def close(self) -> None:
+        self._reader.shutdown(wait=True, cancel_futures=True)
+
+    async def run_file(self, file: ExampleFile) -> None:
+        """Read the latent's examples now, when its turn comes, and work on it."""
+        item = await self.read(file)
+        if item is not None:
+            await self.run_one(item)
+
     async def run_one(self, item: LoadedExamples) -> None:
         explanation = await self.explanation(item)
         self.handled.add(latent_stem(item.record.hookpoint, item.record.latent))
@@ -440,7 +515,7 @@ class LLMWork:
             )
 
     # -- the shuffled null baseline
-    def plan_nulls(self, items: list[LoadedExamples]) -> None:
+    def plan_nulls(self, files: list[ExampleFile]) -> None:
         """Deal every latent another latent's explanation (nulls.shuffled_sources, fixed by
         --seed over the latents with examples here: all of them in the CLI, the step's latent
         range in the pipeline, which is all the explanations a score step has)."""
@@ -448,7 +523,7 @@ class LLMWork:
 
         if self.cfg.null_baseline != "shuffled" or not self.score or not self.null_scorer_names:
             return
-        by_key = {(x.record.hookpoint, x.record.latent): x for x in items}
+        by_key = {f.key: f for f in files}
         sources = shuffled_sources(by_key, self.cfg.seed)
         self.null_targets = {source: by_key[target] for target, source in sources.items()}
         self.null_tallies = {s: prov.Tally(f"shuffled null {s}") for s in self.null_scorer_names}
@@ -476,11 +551,15 @@ class LLMWork:
         self, source: LoadedExamples, explanation: prov.Explanation | None
     ) -> None:
         key = (source.record.hookpoint, source.record.latent)
-        target = self.null_targets.get(key)
-        if target is None:
+        target_file = self.null_targets.get(key)
+        if target_file is None:
             return
         if explanation is None:
             self.null_without_source += 1
+            return
+        # Read again rather than kept from its own turn: memory holds only latents in flight.
+        target = await self.read(target_file)
+        if target is None:
             return
         await asyncio.gather(
             *(self.score_null(name, target, key, explanation) for name in self.null_tallies)
@@ -551,23 +630,6 @@ def _update_failures(folder: Path, handled: set[str], failures: dict[str, str]) 
     atomic_write_json(path, dict(sorted({**kept, **failures}.items())))
 
 
-async def run_bounded(
-    items: Iterable[Any], work: Callable[[Any], Awaitable[None]], limit: int, progress: Progress
-) -> None:
-    """Run `work` over items with at most `limit` in flight; progress counts finished items."""
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    for item in items:
-        queue.put_nowait(item)
-
-    async def worker() -> None:
-        while not queue.empty():
-            item = queue.get_nowait()
-            await work(item)
-            progress.update()
-
-    await asyncio.gather(*(worker() for _ in range(max(1, limit))))
-
-
 def split_usage(
     usage: dict[str, dict[str, Any]], explain: bool, score: bool
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -616,10 +678,10 @@ async def llm_stages_async(
     work = LLMWork(cfg, client, Path(examples_dir), Path(explanations_dir),
                    Path(scores_dir) if scores_dir is not None else None, explain,
                    Path(output_dir) if output_dir is not None else None)  # fmt: skip
-    items = load_examples(cfg, examples_dir, latent_range)
+    files = list_example_files(cfg, examples_dir, latent_range)
     what = " and ".join(n for n, on in (("explain", explain), ("score", work.score)) if on)
-    log.info("%s: %d latents with examples", what, len(items))
-    work.plan_nulls(items)
+    log.info("%s: %d latents with examples", what, len(files))
+    work.plan_nulls(files)
     if work.null_targets:
         from autointerp_full.nulls import estimate_null_cost
 
@@ -628,9 +690,12 @@ async def llm_stages_async(
     limit = max(2, cfg.max_concurrent_requests)
     start = time.perf_counter()
     try:
-        with Progress(len(items), what, "latent") as progress:
-            await run_bounded(items, work.run_one, limit, progress)
+        with Progress(len(files), what, "latent") as progress:
+            # Each file is read when a worker takes it (ExampleFile), not before the first
+            # request.
+            await run_bounded(files, work.run_file, limit, progress)
     finally:
+        work.close()
         work.write_failures()
         elapsed = time.perf_counter() - start
         explain_usage, score_usage = split_usage(client.usage.as_dict(), explain, work.score)
@@ -640,7 +705,7 @@ async def llm_stages_async(
             record_usage(work.scores_dir, score_usage, elapsed)
     work.log_tallies()
     _log_failures(work, explain_usage, score_usage)
-    log.info("%s: %d latents in %.1fs", what, len(items), elapsed)
+    log.info("%s: %d latents in %.1fs", what, len(files), elapsed)
     return work
 
 
