@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from autointerp_full.examples.types import LatentRecord
     from autointerp_full.llm.base import LLMClient
     from autointerp_full.prompts import Prompts
+    from autointerp_full.report.summary import RunView
 
 log = logging.getLogger(__name__)
 
@@ -848,20 +849,27 @@ def output_stage(
 # --------------------------------------------------------------------------- report
 
 
-def report_stage(cfg: RunConfig, run_dir: Path) -> Path:
+def report_stage(cfg: RunConfig, run_dir: Path, *, view: RunView | None = None) -> Path:
+    """summary.json and, with --enable_visualization, the dashboard. The run folder is read
+    once (load_run reads every examples head, explanation and score file) and that view feeds
+    both; a caller that also prints the table passes its own `view` to share it too."""
     from autointerp_full.report import write_summary
+    from autointerp_full.report.summary import load_run
 
     run = layout.RunLayout(Path(run_dir))
+    if view is None:
+        view = load_run(run.root, cfg)
     usage: dict[str, Any] = {}
     for stage, folder in (("explain", run.explanations), ("score", run.scores)):
         recorded = prov.read_json_or_none(layout.usage_file(folder))
         if isinstance(recorded, dict):
             usage[stage] = recorded
-    write_summary(run.root, cfg, extra={"llm_usage": usage})
+    write_summary(run.root, cfg, extra={"llm_usage": usage}, view=view)
     if cfg.enable_visualization:
         from autointerp_full.report import write_html_report
 
-        write_html_report(run.root, cfg)
+        # Writing summary.json changes nothing load_run reads, so the view is still current.
+        write_html_report(run.root, cfg, view=view)
     return run.summary
 
 

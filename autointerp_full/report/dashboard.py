@@ -43,6 +43,7 @@ from autointerp_full.scorers import HEADLINE_METRIC
 if TYPE_CHECKING:
     from autointerp_full.config import RunConfig
     from autointerp_full.report.dashboard_neighbours import CacheDerived
+    from autointerp_full.report.summary import RunView
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,13 @@ def _null_scores(view: Any) -> dict[str, dict[LatentKey, dict[str, Any]]]:
     return found if isinstance(found, dict) else {}
 
 
-def gather(run: layout.RunLayout, cfg: RunConfig) -> tuple[list[LatentData], Any]:
-    """One LatentData per latent with a current artifact, in (hookpoint, latent) order."""
-    view = load_run(run.root, cfg)
+def gather(
+    run: layout.RunLayout, cfg: RunConfig, view: RunView | None = None
+) -> tuple[list[LatentData], Any]:
+    """One LatentData per latent with a current artifact, in (hookpoint, latent) order.
+    `view`: the caller's load_run(run.root, cfg), so the run is not read again."""
+    if view is None:
+        view = load_run(run.root, cfg)
     nulls = _null_scores(view)
     keys = view.latent_keys()
     out = []
@@ -355,13 +360,16 @@ def _latent_pages(
     return rows, output_found
 
 
-def write_dashboard(run_dir: Path, cfg: RunConfig, *, neighbours: bool = True) -> Path:
-    """Write run_dir/report/ (see the module docstring) and return report/index.html."""
+def write_dashboard(
+    run_dir: Path, cfg: RunConfig, *, neighbours: bool = True, view: RunView | None = None
+) -> Path:
+    """Write run_dir/report/ (see the module docstring) and return report/index.html.
+    `view`: the caller's load_run(run_dir, cfg) (the report stage loads once for all)."""
     from autointerp_full.report.dashboard_neighbours import derive
 
     run = layout.RunLayout(Path(run_dir))
     _recover(run.report_dir)
-    latents, view = gather(run, cfg)
+    latents, view = gather(run, cfg, view)
     scorers = [s for s in cfg.scorers if s in view.scores]
     derived = derive(cfg, run, [(d.hookpoint, d.latent) for d in latents], neighbours=neighbours)
     summary = read_json(run.summary) if run.summary.is_file() else None

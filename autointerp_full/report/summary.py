@@ -440,13 +440,21 @@ def _scorer_entry(
     return entry
 
 
-def write_summary(run_dir: Path, cfg: RunConfig, extra: dict[str, Any] | None = None) -> dict:
+def write_summary(
+    run_dir: Path,
+    cfg: RunConfig,
+    extra: dict[str, Any] | None = None,
+    *,
+    view: RunView | None = None,
+) -> dict:
     """Aggregate the run's current score files into run_dir/summary.json (written atomically).
 
     Only artifacts of this configuration and latent selection count (see load_run); files of
-    other configurations are left out, and their number is reported as `left_out`."""
+    other configurations are left out, and their number is reported as `left_out`. `view`:
+    load_run(run_dir, cfg) already done by the caller (the report stage loads once)."""
     run = layout.RunLayout(Path(run_dir))
-    view = load_run(run.root, cfg)
+    if view is None:
+        view = load_run(run.root, cfg)
     hookpoints = list(cfg.hookpoints)
     built = sorted(view.examples)
 
@@ -631,12 +639,16 @@ def _footnotes(view: RunView, cfg: RunConfig) -> list[str]:
     return lines
 
 
-def print_table(run_dir: Path, cfg: RunConfig, width: int = 50) -> str:
+def print_table(
+    run_dir: Path, cfg: RunConfig, width: int = 50, *, view: RunView | None = None
+) -> str:
     """A plain-text table of the current artifacts: one row per latent (the explanation,
     truncated, and per scorer its headline metric with a Wilson interval, and its null score),
     then per scorer and hookpoint the mean score, mean null and their difference with
-    bootstrap intervals, then footnotes: '*' marks an incomplete latent, 'err' a failed one."""
-    view = load_run(Path(run_dir), cfg)
+    bootstrap intervals, then footnotes: '*' marks an incomplete latent, 'err' a failed one.
+    `view`: the caller's load_run(run_dir, cfg), so the run is not read again."""
+    if view is None:
+        view = load_run(Path(run_dir), cfg)
     rows = _latent_rows(view, cfg, width)
     if len(rows) == 1:
         return "no latents scored"
