@@ -7,222 +7,32 @@ file and the key. There is no silent fallback to the defaults.
 A `schema` key beside prompts ("scorers.detection.schema") declares, as JSON Schema, the answer
 those prompts ask for; `Prompts.schema(key, n)` renders it for one request. Schemas are part of
 the product (the parsers read them), so an override changes the text only.
+
+Modules: prompt_set (the Prompts mapping), answer_schema (render_schema), loader (the built-ins
+and the override file).
 """
 
-from __future__ import annotations
+from autointerp_full.prompts.answer_schema import render_schema
+from autointerp_full.prompts.loader import (
+    DEFAULTS_FILE,
+    ENV_VAR,
+    SCHEMA_KEY,
+    apply_override,
+    default_prompts,
+    find_override_file,
+    load_prompts,
+)
+from autointerp_full.prompts.prompt_set import PLACEHOLDER, Prompts
 
-import difflib
-import logging
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from autointerp_full.errors import UserError
-
-if TYPE_CHECKING:
-    from autointerp_full.config import RunConfig
-
-log = logging.getLogger(__name__)
-
-DEFAULTS_FILE = Path(__file__).with_name("default_prompts.yaml")
-PLACEHOLDER = "{prompt}"
-ENV_VAR = "PROMPT_CONFIG_FILE"
-SCHEMA_KEY = "schema"  # a YAML mapping under this name is a JSON Schema, not more prompts
-
-
-class Prompts:
-    """A flat mapping of prompt key to text, with placeholder rendering."""
-
-    def __init__(
-        self,
-        values: dict[str, str],
-        source: str | None = None,
-        schemas: dict[str, dict[str, Any]] | None = None,
-    ) -> None:
-        self._values = dict(values)
-        self.source = source  # the override file, or None for the built-ins
-        self._schemas = dict(schemas or {})  # "scorers.detection" -> schema template
-
-    def schema(self, key: str, n: int = 1) -> dict[str, Any] | None:
-        """The JSON Schema of the answer to prompt `key` for a request about `n` items (examples
-        or tokens), or None when that prompt declares none. See render_schema."""
-        template = self._schemas.get(key.rpartition(".")[0])
-        return None if template is None else render_schema(template, n)
-
-    def keys(self) -> list[str]:
-        return sorted(self._values)
-
-    def get(self, key: str) -> str:
-        try:
-            return self._values[key]
-        except KeyError:
-            raise KeyError(f"no prompt {key!r}; known prompts: {', '.join(self.keys())}") from None
-
-    def render(self, key: str, **fields: str) -> str:
-        """The prompt with `{name}` replaced by each field (other braces are left alone)."""
-        text = self.get(key)
-        for name, value in fields.items():
-            text = text.replace("{" + name + "}", value)
-        return text
-
-    def messages(self, key: str, prompt: str) -> list[dict[str, str]]:
-        """Chat messages for this prompt with `prompt` (the examples) substituted.
-
-        Text before `{prompt}` is the system message, the same for every latent so that a server's
-        prefix cache can reuse it; `prompt` and any text after the placeholder form the user
-        message. Without a placeholder, the whole prompt is the system message.
-        """
-        text = self.get(key)
-        before, found, after = text.partition(PLACEHOLDER)
-        user = prompt + after.rstrip() if found else prompt
-        return [
-            {"role": "system", "content": before.strip()},
-            {"role": "user", "content": user.strip()},
-        ]
-
-
-def render_schema(template: Any, n: int) -> Any:
-    """A schema template made concrete for `n` items:
-
-    - the string "{n}" becomes the integer n (e.g. `minItems: "{n}"`);
-    - a property named "{i}" stands for properties "1" .. "n" in order, each with its schema,
-      and "{i}" in a `required` list for all of them;
-    - an integer with both `minimum` and `maximum` (at most 101 values) becomes an `enum` of
-      them, which every constrained decoder supports (llama.cpp's converter ignores bounds)."""
-    if isinstance(template, list):
-        out_list: list[Any] = []
-        for item in template:
-            if item == "{i}":
-                out_list += [str(i) for i in range(1, n + 1)]
-            else:
-                out_list.append(render_schema(item, n))
-        return out_list
-    if isinstance(template, str):
-        return n if template == "{n}" else template
-    if not isinstance(template, dict):
-        return template
-    out: dict[str, Any] = {}
-    for key, value in template.items():
-        if key == "properties" and isinstance(value, dict):
-            props: dict[str, Any] = {}
-            for name, sub in value.items():
-                names = [str(i) for i in range(1, n + 1)] if name == "{i}" else [name]
-                for each in names:
-                    props[each] = render_schema(sub, n)
-            out[key] = props
-        else:
-            out[key] = render_schema(value, n)
-    low, high = out.get("minimum"), out.get("maximum")
-    if out.get("type") == "integer" and isinstance(low, int) and isinstance(high, int):
-        if 0 <= high - low <= 100:
-            del out["minimum"], out["maximum"]
-            out["enum"] = list(range(low, high + 1))
-    return out
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": "text"}} -> {"a.b": "text"}; a `schema` mapping stays whole."""
-    if not isinstance(data, dict) or prefix.rpartition(".")[2] == SCHEMA_KEY:
-        return {prefix: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def _read_yaml(path: Path, label: str) -> dict[str, Any]:
-    import yaml
-
-    where = f"{label}: {path}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{where}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where}: cannot read the file ({exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise UserError(f"{where}: YAML syntax error{line}: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{where}: YAML syntax error: {exc}") from None
-    if data is None:
-        raise UserError(f"{where}: the file is empty; it should map prompt keys to text")
-    if not isinstance(data, dict):
-        raise UserError(
-            f"{where}: expected a mapping such as 'explainers: {{default: {{system: ...}}}}', "
-            f"got {type(data).__name__}"
-        )
-    return _flatten(data)
-
-
-def _is_schema_key(key: str) -> bool:
-    return key.rpartition(".")[2] == SCHEMA_KEY
-
-
-def default_prompts() -> Prompts:
-    data = _read_yaml(DEFAULTS_FILE, "built-in prompts")
-    texts = {k: v for k, v in data.items() if not _is_schema_key(k)}
-    schemas = {k.rpartition(".")[0]: v for k, v in data.items() if _is_schema_key(k)}
-    return Prompts(texts, schemas=schemas)
-
-
-def apply_override(defaults: Prompts, path: Path, label: str) -> Prompts:
-    """Defaults with the file's prompts laid over them, after checking every key and value."""
-    where = f"{label}: {path}"
-    values = {k: defaults.get(k) for k in defaults.keys()}
-    for key, value in _read_yaml(path, label).items():
-        if _is_schema_key(key):
-            raise UserError(
-                f"{where}: {key!r} cannot be overridden: answer schemas are fixed (the parsers "
-                "read them); an override changes the prompt text only"
-            )
-        if key not in values:
-            close = difflib.get_close_matches(key, values, n=1)
-            hint = (
-                f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(values)}"
-            )
-            raise UserError(f"{where}: unknown prompt key {key!r}{hint}")
-        if not isinstance(value, str):
-            raise UserError(f"{where}: prompt {key!r} must be text, got {type(value).__name__}")
-        if PLACEHOLDER in values[key] and PLACEHOLDER not in value:
-            raise UserError(
-                f"{where}: prompt {key!r} lacks the {PLACEHOLDER} placeholder where the examples go"
-            )
-        values[key] = value
-    return Prompts(values, source=str(path), schemas=defaults._schemas)
-
-
-def find_override_file(cfg: RunConfig) -> tuple[Path, str]:
-    """(file, how it was found).
-
-    Order: --prompt_config_file, else ./prompts.yaml, else $PROMPT_CONFIG_FILE.
-    """
-    if cfg.prompt_config_file:
-        return Path(cfg.prompt_config_file).expanduser(), "--prompt_config_file"
-    local = Path.cwd() / "prompts.yaml"
-    if local.is_file():
-        return local, "--prompt_config_file (default ./prompts.yaml)"
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser(), f"${ENV_VAR}"
-    raise UserError(
-        "--prompt_config_file: --prompt_override needs a prompts file; give "
-        f"--prompt_config_file, put prompts.yaml in {Path.cwd()}, or set ${ENV_VAR}"
-    )
-
-
-def load_prompts(cfg: RunConfig) -> Prompts:
-    """The run's prompts: the built-ins, overridden from a YAML file with --prompt_override."""
-    defaults = default_prompts()
-    if not cfg.prompt_override:
-        if cfg.prompt_config_file:
-            log.warning("--prompt_config_file is ignored without --prompt_override")
-        return defaults
-    path, label = find_override_file(cfg)
-    prompts = apply_override(defaults, path, label)
-    log.info("prompts overridden from %s", path)
-    return prompts
+__all__ = [
+    "DEFAULTS_FILE",
+    "ENV_VAR",
+    "PLACEHOLDER",
+    "SCHEMA_KEY",
+    "Prompts",
+    "apply_override",
+    "default_prompts",
+    "find_override_file",
+    "load_prompts",
+    "render_schema",
+]
