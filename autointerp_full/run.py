@@ -32,11 +32,12 @@ def run_all(cfg: RunConfig) -> int:
     stages.explain_and_score_stage(
         cfg, run.examples, run.explanations, run.scores, output_dir=run.output
     )
-    summary_path = stages.report_stage(cfg, run.root)
-
     from autointerp_full.report import print_table
+    from autointerp_full.report.summary import load_run
 
-    print(print_table(run.root, cfg))
+    view = load_run(run.root, cfg)  # read once for the summary, the dashboard and the table
+    summary_path = stages.report_stage(cfg, run.root, view=view)
+    print(print_table(run.root, cfg, view=view))
     log.info("done in %.1fs", time.perf_counter() - start)
     print(f"\nresults: {run.root.resolve()}\nsummary: {summary_path.resolve()}")
     return 0
