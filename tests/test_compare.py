@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from run_builder import RunBuilder, config
+from subcommand import assert_rejected
 
 from autointerp_full import compare
 from autointerp_full.cli import main as cli_main
@@ -126,16 +127,7 @@ def test_bad_input_is_one_line_exit_2(
     (tmp_path / "bad.json").write_text("{not json")
     names = {"EMPTY": str(tmp_path / "empty"), "BAD": str(tmp_path / "bad.json"),
              "RUN": str(runs[0])}  # fmt: skip
-    argv = [names.get(a, a) for a in args]
-    proc = subprocess.run(
-        [sys.executable, "-m", "autointerp_full", "compare", *argv],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert_rejected(["compare", *[names.get(a, a) for a in args]], needle, tmp_path)
 
 
 def test_compare_does_not_import_torch(runs: tuple[Path, Path]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from run_builder import RunBuilder, config, write
+from subcommand import assert_rejected
 
 from autointerp_full import layout
 from autointerp_full.cli import main as cli_main
@@ -183,15 +184,7 @@ def test_bad_input_is_one_line_exit_2(
 ) -> None:
     (tmp_path / "empty").mkdir()
     names = {"EMPTY": str(tmp_path / "empty"), "RUN": str(run.run.root)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "autointerp_full", "export", *[names.get(a, a) for a in args]],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert_rejected(["export", *[names.get(a, a) for a in args]], needle, tmp_path)
 
 
 def test_export_does_not_import_torch(run: RunBuilder) -> None:
