@@ -4,13 +4,11 @@ latent_scores.json round trip, bad input (one line, exit 2), and no torch import
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from run_builder import RunBuilder, config
-from subcommand import assert_rejected
+from subcommand import assert_rejected, assert_torch_free
 
 from autointerp_full import compare
 from autointerp_full.cli import main as cli_main
@@ -131,13 +129,7 @@ def test_bad_input_is_one_line_exit_2(
 
 
 def test_compare_does_not_import_torch(runs: tuple[Path, Path]) -> None:
-    code = (
-        "import sys; from autointerp_full.cli import main; "
-        f"rc = main(['compare', {str(runs[0])!r}, {str(runs[1])!r}]); "
-        "assert 'torch' not in sys.modules, 'torch imported'; raise SystemExit(rc)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    assert_torch_free(["compare", str(runs[0]), str(runs[1])])
 
 
 def test_a_run_is_still_parsed_as_before() -> None:

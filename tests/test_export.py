@@ -6,13 +6,11 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from run_builder import RunBuilder, config, write
-from subcommand import assert_rejected
+from subcommand import assert_rejected, assert_torch_free
 
 from autointerp_full import layout
 from autointerp_full.cli import main as cli_main
@@ -188,10 +186,4 @@ def test_bad_input_is_one_line_exit_2(
 
 
 def test_export_does_not_import_torch(run: RunBuilder) -> None:
-    code = (
-        "import sys; from autointerp_full.cli import main; "
-        f"rc = main(['export', {str(run.run.root)!r}]); "
-        "assert 'torch' not in sys.modules, 'torch imported'; raise SystemExit(rc)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    assert_torch_free(["export", str(run.run.root)])
